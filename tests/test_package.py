@@ -1,0 +1,63 @@
+"""The pack imports the way ComfyUI imports it, and the library never needs ComfyUI."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pkgutil
+import subprocess
+import sys
+import tomllib
+
+from conftest import REPO_ROOT
+
+
+def load_pack(name: str = "custom_nodes_x_region_reg_dpo"):
+    """Import the repository folder as a package by path, as ComfyUI's loader does."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(
+        name, REPO_ROOT / "__init__.py", submodule_search_locations=[str(REPO_ROOT)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pack_imports_by_path_outside_comfyui():
+    pack = load_pack()
+    assert isinstance(pack.NODE_CLASS_MAPPINGS, dict)
+    assert isinstance(pack.NODE_DISPLAY_NAME_MAPPINGS, dict)
+    assert set(pack.NODE_DISPLAY_NAME_MAPPINGS) <= set(pack.NODE_CLASS_MAPPINGS)
+
+
+def test_core_library_never_imports_comfyui():
+    # A fresh interpreter: import every rrdpo_core module and check no ComfyUI module came along.
+    code = (
+        "import importlib, pkgutil, sys, rrdpo_core\n"
+        "skipped = []\n"
+        "for m in pkgutil.walk_packages(rrdpo_core.__path__, 'rrdpo_core.'):\n"
+        "    if m.name.endswith('__main__'):\n"
+        "        continue\n"
+        "    importlib.import_module(m.name)\n"
+        "bad = [n for n in sys.modules if n.split('.')[0] in ('comfy', 'folder_paths', 'comfy_api', 'server', 'nodes')]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)
+
+
+def test_registry_metadata():
+    meta = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    project = meta["project"]
+    assert project["name"] and "comfyui" not in project["name"].lower()
+    major, minor, patch = project["version"].split(".")
+    assert all(p.isdigit() for p in (major, minor, patch))
+    assert project["description"]
+    assert (REPO_ROOT / project["license"]["file"]).is_file()
+    assert project["urls"]["Repository"].startswith("https://")
+    comfy = meta["tool"]["comfy"]
+    assert comfy["PublisherId"] and comfy["DisplayName"]
+    # torch belongs to ComfyUI; torchvision must never be pulled in
+    reqs = (REPO_ROOT / "requirements.txt").read_text().lower().splitlines()
+    names = [r.split("#")[0].strip() for r in reqs if r.split("#")[0].strip()]
+    assert not any(n.startswith(("torch", "torchvision")) for n in names)
