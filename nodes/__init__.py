@@ -1,5 +1,14 @@
-"""ComfyUI node classes (classic V1 API), one module per family, merged here."""
+"""ComfyUI node classes (classic V1 API), one module per family, merged here.
+
+Node ids are stable once released; display names are for people.
+"""
 from __future__ import annotations
+
+from . import masks
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+
+for _family in (masks,):
+    NODE_CLASS_MAPPINGS.update(_family.NODE_CLASS_MAPPINGS)
+    NODE_DISPLAY_NAME_MAPPINGS.update(_family.NODE_DISPLAY_NAME_MAPPINGS)

@@ -26,3 +26,107 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real clips not found at {SHARED_DATA} (set RRDPO_SHARED_DATA to use them)")
     return SHARED_DATA
+
+
+# ------------------------------------------------------------------------------------------
+# Small stand-ins for ComfyUI's runtime modules, so node classes can be unit-tested without
+# ComfyUI. They implement only what nodes/_comfy.py calls.
+
+
+class _ProgressBar:
+    updates: list = []
+
+    def __init__(self, total, node_id=None):
+        self.total = total
+        self.current = 0
+
+    def update(self, value):
+        self.update_absolute(self.current + value, self.total)
+
+    def update_absolute(self, value, total=None, preview=None):
+        self.current = value
+        _ProgressBar.updates.append((value, total if total is not None else self.total))
+
+
+class InterruptProcessingException(Exception):
+    pass
+
+
+@pytest.fixture
+def comfy_stubs(tmp_path, monkeypatch):
+    """Install fake ``folder_paths`` / ``comfy.utils`` / ``comfy.model_management`` modules.
+
+    Yields a namespace with ``models_dir``, ``output_dir``, ``temp_dir``, ``progress`` (list of
+    (value, total) updates) and ``interrupt()`` to simulate the user pressing Cancel.
+    """
+    import types
+
+    models_dir = tmp_path / "models"
+    out_dir, tmp_dir = tmp_path / "output", tmp_path / "temp"
+    for d in (models_dir / "loras", out_dir, tmp_dir):
+        d.mkdir(parents=True, exist_ok=True)
+
+    fp = types.ModuleType("folder_paths")
+    fp.models_dir = str(models_dir)
+    fp.folder_names_and_paths = {"loras": ([str(models_dir / "loras")], {".safetensors"})}
+
+    def get_folder_paths(name):
+        return list(fp.folder_names_and_paths[name][0])
+
+    def get_filename_list(name):
+        paths, exts = fp.folder_names_and_paths[name]
+        found = []
+        for base in paths:
+            base = Path(base)
+            if not base.is_dir():
+                continue
+            for p in sorted(base.rglob("*")):
+                if p.is_file() and (not exts or p.suffix in exts):
+                    found.append(str(p.relative_to(base)))
+        return sorted(found)
+
+    def get_full_path(name, filename):
+        for base in fp.folder_names_and_paths.get(name, ([], set()))[0]:
+            p = Path(base) / filename
+            if p.exists():
+                return str(p)
+        return None
+
+    fp.get_folder_paths = get_folder_paths
+    fp.get_filename_list = get_filename_list
+    fp.get_full_path = get_full_path
+    fp.get_output_directory = lambda: str(out_dir)
+    fp.get_temp_directory = lambda: str(tmp_dir)
+
+    state = {"interrupted": False}
+    comfy = types.ModuleType("comfy")
+    utils = types.ModuleType("comfy.utils")
+    _ProgressBar.updates = []
+    utils.ProgressBar = _ProgressBar
+    mm = types.ModuleType("comfy.model_management")
+    mm.InterruptProcessingException = InterruptProcessingException
+    mm.processing_interrupted = lambda: state["interrupted"]
+
+    def throw():
+        if state["interrupted"]:
+            raise InterruptProcessingException()
+
+    mm.throw_exception_if_processing_interrupted = throw
+    mm.get_torch_device = lambda: __import__("torch").device("cpu")
+    mm.unet_offload_device = lambda: __import__("torch").device("cpu")
+    mm.intermediate_device = lambda: __import__("torch").device("cpu")
+    mm.free_memory = lambda *a, **k: None
+    mm.soft_empty_cache = lambda *a, **k: None
+    comfy.utils, comfy.model_management = utils, mm
+    for name, mod in (("folder_paths", fp), ("comfy", comfy), ("comfy.utils", utils), ("comfy.model_management", mm)):
+        monkeypatch.setitem(sys.modules, name, mod)
+
+    ns = types.SimpleNamespace(
+        models_dir=models_dir,
+        output_dir=out_dir,
+        temp_dir=tmp_dir,
+        progress=_ProgressBar.updates,
+        interrupt=lambda: state.__setitem__("interrupted", True),
+        folder_paths=fp,
+    )
+    yield ns

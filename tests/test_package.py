@@ -1,27 +1,12 @@
 """The pack imports the way ComfyUI imports it, and the library never needs ComfyUI."""
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import pkgutil
 import subprocess
 import sys
 import tomllib
 
 from conftest import REPO_ROOT
-
-
-def load_pack(name: str = "custom_nodes_x_region_reg_dpo"):
-    """Import the repository folder as a package by path, as ComfyUI's loader does."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(
-        name, REPO_ROOT / "__init__.py", submodule_search_locations=[str(REPO_ROOT)]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from pack import load_pack
 
 
 def test_pack_imports_by_path_outside_comfyui():
