@@ -73,7 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--steps", type=_positive_int, default=2, help="denoising steps (DiffuEraser default 2)")
     r.add_argument("--seed", type=int, default=None)
     r.add_argument("--device", default=None, help="torch device for --model (default: cuda if available)")
-    r.add_argument("--prior", choices=("flow",), default="flow", help="prior that fills the hole first")
+    r.add_argument("--prior", choices=("flow", "propainter"), default="flow",
+                   help="prior that fills the hole first: the weight-free flow prior, or ProPainter from its "
+                        "official weights (--propainter-dir)")
+    r.add_argument("--propainter-dir", help="folder with ProPainter.pth, recurrent_flow_completion.pth and "
+                                            "raft-things.pth, for --prior propainter")
     r.add_argument("--blend", choices=BLEND_MODES, default="gaussian",
                    help="how the fill is composited into the frames (default: DiffuEraser's gaussian)")
     r.add_argument("--mask-dilation", type=int, default=8,
@@ -232,10 +236,13 @@ def _remove(args: argparse.Namespace, progress: _Progress) -> int:
         prior_frames = None
     else:
         t0 = time.perf_counter()
-        prior = flow_propagation_prior(frames, masks, progress=progress.stage("flow prior"))
+        if args.prior == "propainter":
+            prior = _propainter_prior(args, frames, masks, progress)
+        else:
+            prior = flow_propagation_prior(frames, masks, progress=progress.stage("flow prior"))
         progress.close()
-        print(f"flow prior: {time.perf_counter() - t0:.1f} s, {100 * prior.stats.get('seen_fraction', 1):.1f}% of "
-              "hole pixels seen in another frame")
+        print(f"{args.prior} prior: {time.perf_counter() - t0:.1f} s, "
+              f"{100 * prior.stats.get('seen_fraction', 1):.1f}% of hole pixels seen in another frame")
         prior_frames = prior.frames.numpy()
     if args.model is None:
         print("no --model given: the result is the weight-free flow prior (no diffusion refinement)")
@@ -247,6 +254,20 @@ def _remove(args: argparse.Namespace, progress: _Progress) -> int:
     write_video(out_path, result, fps)
     print(f"wrote {out_path} (blend: {args.blend})")
     return 0
+
+
+def _propainter_prior(args: argparse.Namespace, frames: np.ndarray, masks: np.ndarray, progress):
+    """ProPainter from the user's official checkpoints (S-Lab non-commercial license)."""
+    if not args.propainter_dir:
+        raise RrdpoInputError("--prior propainter needs --propainter-dir: the folder with ProPainter.pth, "
+                              "recurrent_flow_completion.pth and raft-things.pth (github.com/sczhou/ProPainter releases)")
+    from .prior.propainter import load_propainter, propainter_prior
+
+    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    models = load_propainter(args.propainter_dir, device=device)
+    print(f"propainter prior on {device} (weights from {args.propainter_dir})")
+    with torch.no_grad():
+        return propainter_prior(frames, masks, models, progress=progress.stage("propainter prior"))
 
 
 def _run_model(args: argparse.Namespace, frames: np.ndarray, masks: np.ndarray, prior: np.ndarray | None,

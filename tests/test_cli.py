@@ -9,6 +9,7 @@ import types
 import cv2
 import numpy as np
 import pytest
+import torch
 from rrdpo_core import cli
 from rrdpo_core.synthetic import make_synthetic_clip
 from rrdpo_core.video_io import read_video, write_video
@@ -130,3 +131,34 @@ def test_module_entry_point_help():
 def test_bad_size_argument():
     with pytest.raises(SystemExit):
         cli.main(["demo", "--out", "x", "--size", "big"])
+
+
+def test_remove_with_propainter_prior(clip_on_disk, monkeypatch, capsys):
+    tmp, clip = clip_on_disk
+    args = ["remove", "--video", str(tmp / "video"), "--mask", str(tmp / "mask"), "--out", str(tmp / "out_pp"),
+            "--mask-dilation", "2", "--quiet", "--prior", "propainter"]
+    assert cli.main(args) == 2
+    assert "--propainter-dir" in capsys.readouterr().err
+    # missing weights: a clear error naming the files
+    assert cli.main(args + ["--propainter-dir", str(tmp / "nowhere")]) != 0
+    assert "ProPainter.pth" in capsys.readouterr().err
+
+    import rrdpo_core.prior.propainter as pp
+    from rrdpo_core.prior import PriorResult
+
+    calls = {}
+
+    def fake_prior(frames, masks, models, progress=None, **kw):
+        calls["frames"] = frames.shape
+        return PriorResult(torch.as_tensor(clip.truth).float(), torch.ones(clip.masks.shape), {"seen_fraction": 1.0})
+
+    monkeypatch.setattr(pp, "load_propainter", lambda folder, device=None: "models")
+    monkeypatch.setattr(pp, "propainter_prior", fake_prior)
+    (tmp / "weights").mkdir()
+    assert cli.main(args + ["--propainter-dir", str(tmp / "weights")]) == 0
+    assert "propainter prior" in capsys.readouterr().out
+    assert calls["frames"][0] == 6
+    result = read_video(tmp / "out_pp").frames.numpy()
+    m = clip.masks.numpy().astype(bool)
+    # the truth came back through the prior, so the hole is (nearly) the truth
+    assert np.abs(result[m] - clip.truth.numpy()[m]).mean() < 0.02
