@@ -6,6 +6,7 @@ inside ComfyUI and outside it (tests import it by path with small stubs of ``fol
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from typing import Callable
@@ -133,6 +134,7 @@ def raise_if_interrupted() -> None:
 def interrupt_aware(fn: Callable) -> Callable:
     """Re-raise the core's ``Cancelled`` as ComfyUI's own interrupt so the UI shows 'interrupted'."""
 
+    @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from ..rrdpo_core.errors import Cancelled
 
@@ -142,8 +144,6 @@ def interrupt_aware(fn: Callable) -> Callable:
             raise_if_interrupted()
             raise
 
-    wrapper.__name__ = getattr(fn, "__name__", "wrapper")
-    wrapper.__doc__ = fn.__doc__
     return wrapper
 
 

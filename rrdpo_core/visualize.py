@@ -37,3 +37,43 @@ def zone_overlay(zones: Zones, frames: torch.Tensor | None = None, opacity: floa
         w = (mask * opacity)[..., None]
         out = out * (1 - w) + torch.tensor(color) * w
     return out.clamp(0, 1)
+
+
+def metrics_chart(metrics: dict, title: str = "", width: int = 900, height: int = 420) -> torch.Tensor:
+    """Bar chart of the numeric entries of ``metrics`` (nested dicts are flattened ``a.b``), as
+    a ``(1, H, W, 3)`` image in [0, 1]. PSNR-like values and the rest get separate panels so
+    their scales do not hide each other."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    flat: dict[str, float] = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
+            flat[prefix] = float(value)
+
+    walk("", metrics)
+    big = {k: v for k, v in flat.items() if "psnr" in k.lower()}
+    small = {k: v for k, v in flat.items() if k not in big}
+    panels = [p for p in (big, small) if p]
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(width / 100, height / 100), dpi=100, squeeze=False)
+    for ax, panel in zip(axes[0], panels or [{}]):
+        names = list(panel)
+        ax.barh(range(len(names)), [panel[n] for n in names], color="#4a7bd0")
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.invert_yaxis()
+        for i, n in enumerate(names):
+            ax.text(panel[n], i, f" {panel[n]:.4g}", va="center", fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return torch.from_numpy(rgba).float()[None] / 255.0

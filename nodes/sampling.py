@@ -1,0 +1,200 @@
+"""Sampling nodes: prior latents (noise or DDIM inversion), the DiffuEraser sampler, blending."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+from . import _comfy
+from ._vae import ComfyVAECodec, text_embeds_from_conditioning
+from .models import DiffuEraserHandle
+
+CATEGORY = "Region-Reg-DPO/sampling"
+SCHEDULERS = ("tcd", "ddim", "unipc")
+SEED_OPTS = {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}
+
+
+def _model_bytes(model: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+@contextlib.contextmanager
+def running(handle: DiffuEraserHandle) -> Iterator[torch.nn.Module]:
+    """The handle's networks on the compute device with its LoRAs attached; undone afterwards."""
+    from ..rrdpo_core.region_lora import apply_region_lora, remove_region_lora
+
+    model = handle.model
+    device = _comfy.torch_device()
+    _comfy.free_memory_for(device, _model_bytes(model))
+    names = []
+    try:
+        model.to(device)
+        for i, (path, strength) in enumerate(handle.loras):
+            name = f"region_dpo_{i}"
+            apply_region_lora(model, path, strength=strength, adapter_name=name)
+            names.append(name)
+        yield model
+    finally:
+        for name in names:
+            remove_region_lora(model, name)
+        model.to(_comfy.offload_device())
+
+
+def _pipeline(handle: DiffuEraserHandle, model, vae):
+    from ..rrdpo_core.pipeline import DiffuEraserPipeline
+
+    return DiffuEraserPipeline(model, ComfyVAECodec(vae))
+
+
+def _check_scheduler(handle: DiffuEraserHandle, scheduler: str, steps: int) -> None:
+    if scheduler == "tcd" and handle.pcm_lora is None and steps < 8:
+        raise ValueError(
+            f"scheduler: TCD with {steps} steps needs the PCM LoRA (choose it in Load DiffuEraser), "
+            "or use unipc/ddim with about 20 steps"
+        )
+
+
+class RRDPOPriorLatents:
+    DESCRIPTION = (
+        "Turn a prior video into the sampler's start latents. 'noise' is what released DiffuEraser does "
+        "(VAE-encode the prior, noise it to t_start with noise repeating every 22 frames); 'ddim_inversion' "
+        "inverts the prior deterministically through the UNet + BrushNet. t_start below 999 keeps more of the prior."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "prepare"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("Start latents for the DiffuEraser Sampler (use the same steps and scheduler there).",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "diffueraser": ("DIFFUERASER", {"tooltip": "From Load DiffuEraser (with any LoRA)."}),
+                "vae": ("VAE", {"tooltip": "The SD1.5 VAE (sd-vae-ft-mse), from a VAELoader."}),
+                "conditioning": ("CONDITIONING", {"tooltip": "CLIPTextEncode of the empty prompt (SD1.5 CLIP)."}),
+                "images": ("IMAGE", {"tooltip": "The original frames."}),
+                "mask": ("MASK", {"tooltip": "Hole mask per frame (prepared), 1 = remove."}),
+                "prior": ("IMAGE", {"tooltip": "The prior video (Flow Propagation Prior or ProPainter)."}),
+                "mode": (["noise", "ddim_inversion"], {"default": "noise",
+                                                       "tooltip": "noise = released DiffuEraser; ddim_inversion = deterministic inversion."}),
+                "t_start": ("INT", {"default": 999, "min": 1, "max": 999, "step": 1,
+                                    "tooltip": "First timestep: 999 = full strength, lower = weaker (SDEdit-style) start."}),
+                "steps": ("INT", {"default": 2, "min": 1, "max": 100,
+                                  "tooltip": "Sampling steps the latents are prepared for (must match the sampler)."}),
+                "scheduler": (list(SCHEDULERS), {"default": "tcd", "tooltip": "Must match the sampler."}),
+                "seed": ("INT", dict(SEED_OPTS, tooltip="Seed of the noise and VAE samples.")),
+            },
+        }
+
+    @_comfy.interrupt_aware
+    def prepare(self, diffueraser, vae, conditioning, images, mask, prior, mode, t_start, steps, scheduler, seed):
+        _check_scheduler(diffueraser, scheduler, steps)
+        with torch.inference_mode(False), running(diffueraser) as model:
+            text = text_embeds_from_conditioning(conditioning, model.cross_attention_dim)
+            pipe = _pipeline(diffueraser, model, vae)
+            init = pipe.prepare_latents(
+                images, mask, prior, text, init_mode=mode, num_inference_steps=steps, scheduler=scheduler,
+                t_start=t_start, seed=seed, progress=_comfy.Progress(), cancel=_comfy.cancel_requested,
+            )
+        return ({"samples": init.latents.cpu(), "rrdpo_init": init},)
+
+
+class RRDPODiffuEraserSampler:
+    DESCRIPTION = (
+        "DiffuEraser video inpainting: 22-frame windows overlapping by 5 (alternating per step), a keyframe pass "
+        "for videos over 44 frames, BrushNet conditioning on the masked frames. Default: 2 steps of TCD with the "
+        "PCM LoRA, as released. Gives the generated frames; blend them into the video with Blend Into Video."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "sample"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    OUTPUT_TOOLTIPS = ("Generated frames (whole frames, not yet blended into the original).",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "diffueraser": ("DIFFUERASER", {"tooltip": "From Load DiffuEraser / Apply Region-DPO LoRA."}),
+                "vae": ("VAE", {"tooltip": "The SD1.5 VAE (sd-vae-ft-mse), from a VAELoader."}),
+                "conditioning": ("CONDITIONING", {"tooltip": "CLIPTextEncode of the empty prompt (SD1.5 CLIP)."}),
+                "images": ("IMAGE", {"tooltip": "The original frames."}),
+                "mask": ("MASK", {"tooltip": "Hole mask per frame (prepared), 1 = remove."}),
+                "steps": ("INT", {"default": 2, "min": 1, "max": 100,
+                                  "tooltip": "Denoising steps: 2 with TCD + PCM 2-step (released), ~20 with unipc/ddim."}),
+                "scheduler": (list(SCHEDULERS), {"default": "tcd", "tooltip": "tcd (with PCM), ddim or unipc."}),
+                "seed": ("INT", dict(SEED_OPTS, tooltip="Seed of the noise (used when no latent is given).")),
+                "guidance_scale": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 20.0, "step": 0.1,
+                                             "tooltip": "Classifier-free guidance; 0 as released (needs a negative above 1)."}),
+            },
+            "optional": {
+                "latent": ("LATENT", {"tooltip": "Start latents from Prior Latents (else made here from the prior)."}),
+                "prior": ("IMAGE", {"tooltip": "Prior video, used when no latent is given (else: no prior)."}),
+                "negative": ("CONDITIONING", {"tooltip": "Negative prompt for guidance_scale > 1."}),
+            },
+        }
+
+    @_comfy.interrupt_aware
+    def sample(self, diffueraser, vae, conditioning, images, mask, steps, scheduler, seed, guidance_scale,
+               latent=None, prior=None, negative=None):
+        _check_scheduler(diffueraser, scheduler, steps)
+        init = latent.get("rrdpo_init") if isinstance(latent, dict) else None
+        if latent is not None and init is None:
+            raise ValueError("latent: give the output of the Prior Latents node (a plain LATENT has no prior/noise info)")
+        with torch.inference_mode(False), running(diffueraser) as model:
+            text = text_embeds_from_conditioning(conditioning, model.cross_attention_dim)
+            neg = text_embeds_from_conditioning(negative, model.cross_attention_dim) if negative is not None else None
+            pipe = _pipeline(diffueraser, model, vae)
+            with torch.no_grad():
+                out = pipe(
+                    images, mask, prior, text, num_inference_steps=steps, scheduler=scheduler,
+                    guidance_scale=guidance_scale, negative_embeds=neg, seed=seed, init=init,
+                    progress=_comfy.Progress(), cancel=_comfy.cancel_requested,
+                )
+        return (out.frames.to(_comfy.intermediate_device()),)
+
+
+class RRDPOBlendIntoVideo:
+    DESCRIPTION = (
+        "Composite generated frames into the original video through the hole mask. 'gaussian' is DiffuEraser's "
+        "outward 21x21 feather; outside the feathered band the output is the input frame exactly."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "blend"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    OUTPUT_TOOLTIPS = ("The original frames with the holes replaced.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        from ..rrdpo_core.blend import BLEND_MODES
+
+        return {
+            "required": {
+                "original": ("IMAGE", {"tooltip": "The original frames."}),
+                "generated": ("IMAGE", {"tooltip": "Frames from the sampler or a prior (same count and size)."}),
+                "mask": ("MASK", {"tooltip": "Hole mask per frame, 1 = replaced."}),
+                "mode": (list(BLEND_MODES), {"default": BLEND_MODES[0],
+                                             "tooltip": "gaussian = DiffuEraser's feather; the others are ours (see README)."}),
+            },
+        }
+
+    def blend(self, original, generated, mask, mode):
+        from ..rrdpo_core.blend import blend_into_video
+
+        out = blend_into_video(original, generated, mask, mode=mode)
+        return (torch.as_tensor(out).float(),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "RRDPOPriorLatents": RRDPOPriorLatents,
+    "RRDPODiffuEraserSampler": RRDPODiffuEraserSampler,
+    "RRDPOBlendIntoVideo": RRDPOBlendIntoVideo,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "RRDPOPriorLatents": "Prior Latents (noise / DDIM inversion)",
+    "RRDPODiffuEraserSampler": "DiffuEraser Sampler",
+    "RRDPOBlendIntoVideo": "Blend Into Video",
+}
