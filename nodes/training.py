@@ -114,6 +114,8 @@ def _plots_image(paths: dict) -> torch.Tensor:
     """The trainer's PNG plots side by side as one IMAGE [1, H, W, 3]."""
     import cv2
 
+    if "dashboard" in paths:  # all panels in one figure; the rest are the same panels one by one
+        paths = {"dashboard": paths["dashboard"]}
     images = []
     for path in paths.values():
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)

@@ -1,0 +1,200 @@
+"""Training checkpoints: LoRA, optimizer, LR scheduler, grad scaler and RNG state, written atomically.
+
+Layout (``<out_dir>/checkpoints/step_00000006/``)::
+
+    lora.safetensors    the adapter in the Region-DPO LoRA format (fp32, usable as a LoRA as is)
+    optimizer.pt        AdamW state (tensors and numbers only: loads with weights_only=True)
+    scheduler.pt        LR scheduler state
+    scaler.pt           fp16 grad-scaler state (empty dict without fp16)
+    rng.pt              RNG states of every process (python, numpy, torch CPU and accelerator)
+    state.json          step, run settings that fix the trajectory, data fingerprint
+
+The whole folder is written under a temporary name and renamed into place, so a checkpoint either
+exists completely or not at all; ``latest_checkpoint`` only ever sees complete ones.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .atomic import TMP_MARK, fsync_dir, is_temp_name
+
+__all__ = [
+    "CHECKPOINTS_DIR",
+    "Checkpoint",
+    "capture_rng_state",
+    "restore_rng_state",
+    "checkpoint_path",
+    "list_checkpoints",
+    "latest_checkpoint",
+    "write_checkpoint",
+    "read_checkpoint",
+    "prune_checkpoints",
+]
+
+CHECKPOINTS_DIR = "checkpoints"
+_PREFIX = "step_"
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    step: int
+    state: dict[str, Any]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    scaler: dict[str, Any]
+    rng: list[dict[str, Any]]
+
+    @property
+    def lora_path(self) -> Path:
+        return self.path / "lora.safetensors"
+
+
+# --------------------------------------------------------------------------------------------
+# RNG state as tensors and plain numbers (so it loads with weights_only=True)
+
+
+def capture_rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    np_state = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "python_version": int(py_version),
+        "python_state": torch.tensor(py_internal, dtype=torch.int64),
+        "python_gauss": py_gauss,
+        "numpy_name": str(np_state[0]),
+        "numpy_keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "numpy_has_gauss": int(np_state[3]),
+        "numpy_gauss": float(np_state[4]),
+        "torch": torch.get_rng_state(),
+    }
+    if device is not None and device.type == "cuda" and torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    random.setstate((state["python_version"], tuple(int(v) for v in state["python_state"].tolist()),
+                     state["python_gauss"]))
+    np.random.set_state((state["numpy_name"], state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
+                         state["numpy_has_gauss"], state["numpy_gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and device is not None and device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# --------------------------------------------------------------------------------------------
+# Folder bookkeeping
+
+
+def checkpoint_path(out_dir: str | os.PathLike, step: int) -> Path:
+    return Path(out_dir) / CHECKPOINTS_DIR / f"{_PREFIX}{int(step):08d}"
+
+
+def _step_of(path: Path) -> int | None:
+    name = path.name
+    if not name.startswith(_PREFIX) or not name[len(_PREFIX):].isdigit():
+        return None
+    return int(name[len(_PREFIX):])
+
+
+def list_checkpoints(out_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(out_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        step = _step_of(p)
+        if step is not None and p.is_dir() and (p / "state.json").is_file():
+            found.append((step, p))
+    return sorted(found)
+
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    found = list_checkpoints(out_dir)
+    return found[-1][1] if found else None
+
+
+def prune_checkpoints(out_dir: str | os.PathLike, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints, and leftovers of interrupted writes."""
+    root = Path(out_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return
+    for p in root.iterdir():
+        if is_temp_name(p.name):
+            shutil.rmtree(p, ignore_errors=True)
+    for _, p in list_checkpoints(out_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def write_checkpoint(
+    out_dir: str | os.PathLike,
+    step: int,
+    *,
+    write_lora: Callable[[Path], Any],
+    optimizer: dict[str, Any],
+    scheduler: dict[str, Any],
+    scaler: dict[str, Any] | None,
+    rng: list[dict[str, Any]],
+    state: dict[str, Any],
+) -> Path:
+    """Write a checkpoint folder atomically and return its path (call on the main process only)."""
+    final = checkpoint_path(out_dir, step)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}{TMP_MARK}{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        write_lora(tmp / "lora.safetensors")
+        torch.save(optimizer, tmp / "optimizer.pt")
+        torch.save(scheduler, tmp / "scheduler.pt")
+        torch.save(scaler or {}, tmp / "scaler.pt")
+        torch.save(rng, tmp / "rng.pt")
+        (tmp / "state.json").write_text(json.dumps({**state, "step": int(step)}, indent=2, sort_keys=True) + "\n",
+                                        encoding="utf-8")
+        for f in tmp.iterdir():
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+        fsync_dir(tmp)
+        if final.exists():  # the same step written again (e.g. a resumed run that ends where it started)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    path = Path(path)
+    if not (path / "state.json").is_file():
+        raise FileNotFoundError(
+            f"{path} is not a complete training checkpoint (no state.json); pass a folder like "
+            f"<out_dir>/{CHECKPOINTS_DIR}/{_PREFIX}00000100 or resume='auto'"
+        )
+
+    def load(name: str) -> Any:
+        return torch.load(path / name, map_location="cpu", weights_only=True)
+
+    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    return Checkpoint(
+        path=path,
+        step=int(state["step"]),
+        state=state,
+        optimizer=load("optimizer.pt"),
+        scheduler=load("scheduler.pt"),
+        scaler=load("scaler.pt"),
+        rng=load("rng.pt"),
+    )
