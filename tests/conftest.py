@@ -10,6 +10,12 @@ import os
 import sys
 from pathlib import Path
 
+# One compute thread everywhere (set before torch is imported): results that compare a run in
+# this process with one in a subprocess, or one process with two, must reduce in the same order,
+# and the CI machine has 2 cores shared by the test and the processes it starts.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
