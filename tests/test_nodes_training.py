@@ -1,0 +1,51 @@
+"""Training and ProPainter nodes with ComfyUI stubs and tiny random models."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pack import node
+from test_nodes_pipeline import FakeComfyVAE, _clip, _cond
+
+
+@pytest.fixture
+def tiny_model(comfy_stubs):
+    from rrdpo_core.models.testing import write_tiny_diffueraser
+
+    write_tiny_diffueraser(comfy_stubs.models_dir / "diffueraser" / "tiny", seed=0)
+    return comfy_stubs
+
+
+def test_pairs_and_trainer_nodes_write_a_loadable_lora(tiny_model):
+    from rrdpo_core.region_lora import load_region_lora
+
+    frames, _ = _clip()
+    (handle,) = node("RRDPOLoadDiffuEraser").load("tiny", "auto", "none")
+    with pytest.raises(ValueError, match="dataset_name"):
+        node("RRDPOBuildPreferencePairs").build(handle, FakeComfyVAE(), _cond(), "../escape", 2, 4, False, True,
+                                                False, 0, images=frames)
+    with pytest.raises(ValueError, match="kind"):
+        node("RRDPOBuildPreferencePairs").build(handle, FakeComfyVAE(), _cond(), "p", 2, 4, False, False, False, 0,
+                                                images=frames)
+    pairs, summary = node("RRDPOBuildPreferencePairs").build(handle, FakeComfyVAE(), _cond(), "p", 2, 4, False, True,
+                                                            False, 0, images=frames)
+    assert pairs.count == 2 and "blur 2" in summary
+    assert (tiny_model.output_dir / "rrdpo_pairs" / "p").is_dir()
+    out = node("RRDPOTrainer").train(handle, _cond(), pairs, "my_lora", 2, 1e-3, 4, 1000.0, 1.0, 1.5, 0.05,
+                                     100.0, 200.0, 5.0, 8, 1, 1, 0)
+    trained, path, plots, report = out["result"]
+    assert path.endswith("my_lora.safetensors") and (tiny_model.models_dir / "loras" / "rrdpo" / "my_lora.safetensors").is_file()
+    lora = load_region_lora(path)
+    assert lora.info.rank == 4 and tuple(lora.info.rho) == (100.0, 200.0, 5.0)
+    assert trained.loras == ((path, 1.0),) and handle.loras == ()
+    assert plots.ndim == 4 and plots.shape[-1] == 3 and "dgr" in report.lower()
+    assert tiny_model.progress, "training drives ComfyUI's progress bar"
+    with pytest.raises(ValueError, match="base model"):
+        node("RRDPOTrainer").train(trained, _cond(), pairs, "again", 1, 1e-3, 4, 1000.0, 1.0, 1.5, 0.05,
+                                   100.0, 200.0, 5.0, 8, 1, 1, 0)
+
+
+def test_propainter_node_says_where_the_weights_go(comfy_stubs):
+    frames, mask = _clip()
+    with pytest.raises(FileNotFoundError, match="models/propainter"):
+        node("RRDPOProPainterPrior").run(frames, mask, "none", "none", "none", 4, 20, 1.0)
