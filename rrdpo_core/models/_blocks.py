@@ -22,7 +22,22 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-__all__ = ["add_residual", "run_down_block", "run_up_block", "run_motion_mid_block", "block_residual_count"]
+__all__ = ["add_residual", "run_down_block", "run_up_block", "run_motion_mid_block", "block_residual_count",
+           "timestep_tensor"]
+
+
+def timestep_tensor(timestep: Any, device: torch.device) -> torch.Tensor:
+    """A timestep (Python number, 0-d or 1-d tensor) as a 1-d tensor on ``device``.
+
+    Python floats become float64 and ints int64, as diffusers' UNets do, so the sinusoidal
+    embedding sees the same values either way.
+    """
+    if not torch.is_tensor(timestep):
+        return torch.tensor([timestep], dtype=torch.float64 if isinstance(timestep, float) else torch.int64,
+                            device=device)
+    if timestep.ndim == 0:
+        return timestep[None].to(device)
+    return timestep
 
 
 def block_residual_count(block: nn.Module) -> int:

@@ -23,7 +23,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2DCrossAttn, get_down_block, get_up_block
 from diffusers.utils import BaseOutput
 
-from ._blocks import run_up_block
+from ._blocks import run_up_block, timestep_tensor
 
 __all__ = ["BrushNetModel", "BrushNetOutput"]
 
@@ -267,12 +267,7 @@ class BrushNetModel(ModelMixin, ConfigMixin):
             attention_mask = (1 - attention_mask.to(sample.dtype)) * -10000.0
             attention_mask = attention_mask.unsqueeze(1)
 
-        timesteps = timestep
-        if not torch.is_tensor(timesteps):
-            timesteps = torch.tensor([timesteps], dtype=torch.float64 if isinstance(timestep, float) else torch.int64,
-                                     device=sample.device)
-        elif timesteps.ndim == 0:
-            timesteps = timesteps[None].to(sample.device)
+        timesteps = timestep_tensor(timestep, sample.device)
         timesteps = timesteps.expand(sample.shape[0])
         # time_proj has no weights and returns float32; the embedding may run in half precision.
         emb = self.time_embedding(self.time_proj(timesteps).to(dtype=sample.dtype), timestep_cond)

@@ -21,7 +21,8 @@ from typing import Any, Iterator
 import torch
 from diffusers.models.unets.unet_motion_model import UNetMotionModel, UNetMotionOutput
 
-from ._blocks import add_residual, block_residual_count, run_down_block, run_motion_mid_block, run_up_block
+from ._blocks import (add_residual, block_residual_count, run_down_block, run_motion_mid_block, run_up_block,
+                      timestep_tensor)
 
 __all__ = ["DiffuEraserUNetMotionModel"]
 
@@ -178,12 +179,7 @@ class DiffuEraserUNetMotionModel(UNetMotionModel):
             attention_mask = attention_mask.unsqueeze(1)
 
         # 1. time: one embedding per clip, repeated over its frames
-        timesteps = timestep
-        if not torch.is_tensor(timesteps):
-            timesteps = torch.tensor([timesteps], dtype=torch.float64 if isinstance(timestep, float) else torch.int64,
-                                     device=sample.device)
-        elif timesteps.ndim == 0:
-            timesteps = timesteps[None].to(sample.device)
+        timesteps = timestep_tensor(timestep, sample.device)
         if timesteps.shape[0] not in (1, batch):
             raise ValueError(f"timestep must be a scalar or have one value per clip ({batch}), got {tuple(timesteps.shape)}")
         timesteps = timesteps.expand(batch)
