@@ -6,10 +6,11 @@ inside ComfyUI and outside it (tests import it by path with small stubs of ``fol
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -145,6 +146,17 @@ def interrupt_aware(fn: Callable) -> Callable:
             raise
 
     return wrapper
+
+
+@contextlib.contextmanager
+def building_model() -> Iterator[None]:
+    """Create networks and adapters as normal tensors, even inside ComfyUI's ``inference_mode()``.
+
+    Tensors created in inference mode can never get ``requires_grad`` or be saved for backward
+    later; a model shared between nodes (and cached by ComfyUI) must not be made of them.
+    """
+    with torch.inference_mode(False), torch.no_grad():
+        yield
 
 
 def torch_device() -> torch.device:

@@ -111,14 +111,19 @@ class RRDPOLoadDiffuEraser:
         path = _resolve_model_dir(model_name)
         dev = _comfy.torch_device()
         cdtype = compute_dtype(dtype, dev)
-        # Keep the weights on the offload device between runs; the sampler moves them when it runs.
-        model = load_diffueraser(path, dtype=cdtype, device=_comfy.offload_device())
-        pcm_path, pcm_steps = None, None
-        if pcm_lora != NONE:
-            from ..rrdpo_core.lora import apply_kohya_lora
+        pcm_path = _comfy.full_path("loras", pcm_lora) if pcm_lora != NONE else None
+        # ComfyUI runs nodes under torch.inference_mode(); weights and adapters made there would be
+        # inference tensors, which later nodes can neither switch adapters on (peft's set_adapter
+        # flips requires_grad) nor train through. Build them as normal tensors instead.
+        with _comfy.building_model():
+            # Keep the weights on the offload device between runs; the sampler moves them when it runs.
+            model = load_diffueraser(path, dtype=cdtype, device=_comfy.offload_device())
+            if pcm_path is not None:
+                from ..rrdpo_core.lora import apply_kohya_lora
 
-            pcm_path = _comfy.full_path("loras", pcm_lora)
-            apply_kohya_lora(model.unet, pcm_path, adapter_name="pcm")
+                apply_kohya_lora(model.unet, pcm_path, adapter_name="pcm")
+        pcm_steps = None
+        if pcm_path is not None:
             name = os.path.basename(pcm_lora).lower()
             pcm_steps = next((n for n in (2, 4, 8, 16) if f"{n}step" in name), None)
         return (DiffuEraserHandle(model=model, name=model_name, compute_dtype=cdtype, pcm_lora=pcm_path,

@@ -30,14 +30,16 @@ def running(handle: DiffuEraserHandle) -> Iterator[torch.nn.Module]:
     names = []
     try:
         model.to(device)
-        for i, (path, strength) in enumerate(handle.loras):
-            name = f"region_dpo_{i}"
-            apply_region_lora(model, path, strength=strength, adapter_name=name)
-            names.append(name)
+        with _comfy.building_model():  # adapters as normal tensors, as in Load DiffuEraser
+            for i, (path, strength) in enumerate(handle.loras):
+                name = f"region_dpo_{i}"
+                names.append(name)  # before applying: a half-applied adapter is removed too
+                apply_region_lora(model, path, strength=strength, adapter_name=name)
         yield model
     finally:
-        for name in names:
-            remove_region_lora(model, name)
+        with _comfy.building_model():
+            for name in reversed(names):
+                remove_region_lora(model, name)
         model.to(_comfy.offload_device())
 
 
