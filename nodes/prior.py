@@ -8,17 +8,19 @@ from . import _comfy
 CATEGORY = "Region-Reg-DPO/prior"
 NONE = "none"
 _OUTPUTS = dict(
-    RETURN_TYPES=("IMAGE", "MASK", "IMAGE"),
-    RETURN_NAMES=("prior", "visibility", "visibility_preview"),
+    RETURN_TYPES=("IMAGE", "MASK", "IMAGE", "STRING"),
+    RETURN_NAMES=("prior", "visibility", "visibility_preview", "report"),
     OUTPUT_TOOLTIPS=(
         "The frames with the holes filled (outside the holes: the input exactly).",
         "1 where a hole pixel was seen in another frame (high temporal visibility), 0 where it never was.",
         "The visibility over the frames: seen hole pixels green, never-seen ones magenta.",
+        "What was adjusted: a mask used for all frames or resized to the frames.",
     ),
 )
 _COMMON_INPUTS = {
     "images": ("IMAGE", {"tooltip": "The original frames."}),
-    "mask": ("MASK", {"tooltip": "Hole mask per frame (prepared), 1 = remove."}),
+    "mask": ("MASK", {"tooltip": "Hole mask (prepared), 1 = remove: one per frame or one for all frames; resized "
+                                 "to the frames if its size differs."}),
 }
 
 
@@ -32,11 +34,17 @@ def visibility_preview(frames: torch.Tensor, holes: torch.Tensor, visibility: to
     return out.clamp(0, 1)
 
 
-def _outputs(images, mask, result):
-    holes = mask if mask.ndim == 3 else mask[None].expand(images.shape[0], -1, -1)
+def _fit(images, mask):
+    """One mask per frame at the frame size (one mask serves all frames; another size is resized)."""
+    from ..rrdpo_core.framing import fit_mask
+
+    return fit_mask(mask, *images.shape[:3])
+
+
+def _outputs(fit, result):
     prior = result.frames.float().cpu()
     visibility = result.visibility.float().cpu()
-    return (prior, visibility, visibility_preview(prior, holes, visibility))
+    return (prior, visibility, visibility_preview(prior, fit.mask, visibility), fit.report or "mask used as given")
 
 
 class RRDPOFlowPrior:
@@ -63,9 +71,10 @@ class RRDPOFlowPrior:
     def run(self, images, mask, flow_downscale, preset):
         from ..rrdpo_core.prior import flow_propagation_prior
 
-        result = flow_propagation_prior(images, mask, flow_downscale=flow_downscale, preset=preset,
+        fit = _fit(images, mask)
+        result = flow_propagation_prior(images, fit.mask, flow_downscale=flow_downscale, preset=preset,
                                         progress=_comfy.Progress(), cancel=_comfy.cancel_requested)
-        return _outputs(images, mask, result)
+        return _outputs(fit, result)
 
 
 class RRDPOProPainterPrior:
@@ -114,12 +123,13 @@ class RRDPOProPainterPrior:
                  "flow_completion": _comfy.full_path("propainter", flow_completion),
                  "raft": _comfy.full_path("propainter", raft)}
         device = _comfy.torch_device()
+        fit = _fit(images, mask)
         with torch.inference_mode(False), torch.no_grad():
             models = load_propainter(files, device=device)
-            result = propainter_prior(images, mask, models, mask_dilation=mask_dilation, raft_iter=raft_iter,
+            result = propainter_prior(images, fit.mask, models, mask_dilation=mask_dilation, raft_iter=raft_iter,
                                       resize_ratio=resize_ratio, progress=_comfy.Progress(),
                                       cancel=_comfy.cancel_requested)
-        return _outputs(images, mask, result)
+        return _outputs(fit, result)
 
 
 NODE_CLASS_MAPPINGS = {

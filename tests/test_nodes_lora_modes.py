@@ -66,7 +66,7 @@ def test_pcm_and_region_lora_compose_under_inference_mode_repeatedly_and_after_c
         assert not any(p.is_inference() for p in base.model.parameters())
         (lora,) = node("RRDPOApplyRegionDPOLoRA").apply(base, "rrdpo/r.safetensors", 1.0)
         vae = FakeComfyVAE()
-        prior, _, _ = node("RRDPOFlowPrior").run(frames, mask, flow_downscale=2.0, preset="fast")
+        prior, _, _, _ = node("RRDPOFlowPrior").run(frames, mask, flow_downscale=2.0, preset="fast")
         digest = model_digest(base.model)
 
         before = len(files.progress)
@@ -99,7 +99,7 @@ def test_region_lora_any_strength_with_pcm(files):
         vae = FakeComfyVAE()
         digest = model_digest(base.model)
         args = (vae, _cond(), frames, mask, 2, "tcd", 0, 0.0)
-        (plain,) = node("RRDPODiffuEraserSampler").sample(base, *args)[:1]
+        plain = node("RRDPODiffuEraserSampler").sample(base, *args)[0]
         outs = {}
         for strength in (0.0, 0.5, -1.0, 2.0):
             (lora,) = node("RRDPOApplyRegionDPOLoRA").apply(base, "rrdpo/r.safetensors", strength)

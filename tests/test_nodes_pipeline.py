@@ -26,6 +26,11 @@ class FakeComfyVAE:
         return ((self.codec.decode(latents * self.codec.scaling_factor) + 1) / 2).clamp(0, 1).movedim(1, -1)
 
 
+def ComfyVAECodecFor(vae):
+    """The pack's adapter from a ComfyUI VAE to the core codec (as the nodes build it)."""
+    return load_pack().nodes._vae.ComfyVAECodec(vae)
+
+
 def _clip():
     g = torch.Generator().manual_seed(0)
     yy, xx = torch.meshgrid(torch.linspace(0, 1, H), torch.linspace(0, 1, W), indexing="ij")
@@ -51,7 +56,7 @@ def _cond(dim=32, seed=1):
 
 def test_flow_prior_node(comfy_stubs):
     frames, mask = _clip()
-    prior, visibility, preview = node("RRDPOFlowPrior").run(frames, mask, flow_downscale=2.0, preset="fast")
+    prior, visibility, preview, _ = node("RRDPOFlowPrior").run(frames, mask, flow_downscale=2.0, preset="fast")
     assert prior.shape == frames.shape and visibility.shape == mask.shape and preview.shape == frames.shape
     keep = mask == 0
     assert torch.equal(prior[keep], frames[keep].float()), "outside the hole the prior is the input"
@@ -81,20 +86,20 @@ def test_sampler_prior_latents_and_blend(tiny_model):
     frames, mask = _clip()
     (handle,) = node("RRDPOLoadDiffuEraser").load("tiny", "auto", "none")
     vae = FakeComfyVAE()
-    prior, _, _ = node("RRDPOFlowPrior").run(frames, mask, flow_downscale=2.0, preset="fast")
+    prior, _, _, _ = node("RRDPOFlowPrior").run(frames, mask, flow_downscale=2.0, preset="fast")
     with pytest.raises(ValueError, match="PCM"):
         node("RRDPODiffuEraserSampler").sample(handle, vae, _cond(), frames, mask, 2, "tcd", 0, 0.0, prior=prior)
-    (latent,) = node("RRDPOPriorLatents").prepare(handle, vae, _cond(), frames, mask, prior, "noise", 999, 2, "ddim", 3)
+    latent, _ = node("RRDPOPriorLatents").prepare(handle, vae, _cond(), frames, mask, prior, "noise", 999, 2, "ddim", 3)
     assert latent["samples"].shape == (T, 4, H // 8, W // 8)
-    (out1,) = node("RRDPODiffuEraserSampler").sample(handle, vae, _cond(), frames, mask, 2, "ddim", 3, 0.0,
+    out1, _ = node("RRDPODiffuEraserSampler").sample(handle, vae, _cond(), frames, mask, 2, "ddim", 3, 0.0,
                                                       latent=latent)
-    (out2,) = node("RRDPODiffuEraserSampler").sample(handle, vae, _cond(), frames, mask, 2, "ddim", 3, 0.0,
+    out2, _ = node("RRDPODiffuEraserSampler").sample(handle, vae, _cond(), frames, mask, 2, "ddim", 3, 0.0,
                                                       prior=prior)
     assert out1.shape == frames.shape and torch.isfinite(out1).all()
     torch.testing.assert_close(out1, out2, rtol=1e-4, atol=1e-4)  # same seed, same start
     with pytest.raises(ValueError, match="conditioning"):
         node("RRDPODiffuEraserSampler").sample(handle, vae, _cond(dim=768), frames, mask, 2, "ddim", 3, 0.0)
-    (blended,) = node("RRDPOBlendIntoVideo").blend(frames, out1, mask, "gaussian")
+    blended, _ = node("RRDPOBlendIntoVideo").blend(frames, out1, mask, "gaussian")
     far = torch.ones_like(mask, dtype=torch.bool)
     far[:, 8:52, :] = False  # well outside the feathered band
     assert torch.equal(blended[far], frames[far])
@@ -123,10 +128,10 @@ def test_apply_lora_node_refuses_other_base_and_is_applied_only_while_sampling(t
     (zero,) = node("RRDPOApplyRegionDPOLoRA").apply(handle, "rrdpo/good.safetensors", 0.0)
     vae = FakeComfyVAE()
     args = (vae, _cond(), frames, mask, 2, "ddim", 3, 0.0)
-    (base_out,) = node("RRDPODiffuEraserSampler").sample(handle, *args)
-    (lora_out,) = node("RRDPODiffuEraserSampler").sample(with_lora, *args)
-    (zero_out,) = node("RRDPODiffuEraserSampler").sample(zero, *args)
-    (base_again,) = node("RRDPODiffuEraserSampler").sample(handle, *args)
+    base_out, _ = node("RRDPODiffuEraserSampler").sample(handle, *args)
+    lora_out, _ = node("RRDPODiffuEraserSampler").sample(with_lora, *args)
+    zero_out, _ = node("RRDPODiffuEraserSampler").sample(zero, *args)
+    base_again, _ = node("RRDPODiffuEraserSampler").sample(handle, *args)
     assert not torch.allclose(base_out, lora_out, atol=1e-4), "the LoRA changes the output"
     torch.testing.assert_close(zero_out, base_out, rtol=0, atol=1e-6)
     torch.testing.assert_close(base_again, base_out, rtol=0, atol=0)  # the shared model was left unchanged
