@@ -66,6 +66,15 @@ class Workflow:
         for node in self.nodes:  # nodes are added in dependency order
             ups = [v.node for v in node.kwargs.values() if isinstance(v, Out)]
             depth[node.id] = 1 + max((depth[u.id] for u in ups), default=-1)
+        # a loader (no inputs) sits one column before its first consumer, so its wires stay short
+        consumers: dict[int, list[int]] = {}
+        for node in self.nodes:
+            for v in node.kwargs.values():
+                if isinstance(v, Out):
+                    consumers.setdefault(v.node.id, []).append(node.id)
+        for node in self.nodes:
+            if not any(isinstance(v, Out) for v in node.kwargs.values()) and node.id in consumers:
+                depth[node.id] = max(0, min(depth[c] for c in consumers[node.id]) - 1)
         out_links: dict[tuple[int, int], list[int]] = {}
         ui_nodes = []
         for order, node in enumerate(self.nodes):
@@ -116,7 +125,7 @@ class Workflow:
         for ui in ui_nodes:
             for i, out in enumerate(ui["outputs"]):
                 out["links"] = out_links.get((ui["id"], i), []) or None
-        self._layout(ui_nodes, depth)
+        self._layout(ui_nodes, depth, links)
         next_id = len(self.nodes) + 1
         for k, (title, text) in enumerate(self.notes):
             ui_nodes.append({
@@ -141,7 +150,7 @@ class Workflow:
 
 
     @staticmethod
-    def _layout(ui_nodes: list[dict], depth: dict[int, int]) -> None:
+    def _layout(ui_nodes: list[dict], depth: dict[int, int], links: list[list]) -> None:
         """Columns by graph depth; each column as wide as its widest node, nodes stacked with GAP between.
 
         Sizes are the ones the frontend gives the nodes once their media are loaded (``display_size``),
@@ -151,8 +160,17 @@ class Workflow:
         for ui in ui_nodes:
             ui["size"] = list(display_size(ui))
             columns.setdefault(depth[ui["id"]], []).append(ui)
+        by_id = {ui["id"]: ui for ui in ui_nodes}
+        source = {link[0]: link[1] for link in links}
         x = 0
         for col in sorted(columns):
+            # order a column by where its inputs come from (fewer crossing wires); loaders keep their order
+            def upstream_y(ui: dict) -> float:
+                ups = [source[i["link"]] for i in ui["inputs"] if i.get("link") is not None]
+                ys = [by_id[u]["pos"][1] for u in ups if depth[u] < col]
+                return sum(ys) / len(ys) if ys else -1.0
+
+            columns[col].sort(key=upstream_y)
             y = TITLE_H  # pos is the body's corner; the title bar sits above it
             for ui in columns[col]:
                 ui["pos"] = [x, y]
