@@ -146,3 +146,24 @@ def test_metrics_node(comfy_stubs):
     assert chart.ndim == 4 and chart.shape[0] == 1 and chart.shape[-1] == 3
     out2 = node("RRDPOInpaintingMetrics").measure(noisy, mask, 8)
     assert isinstance(out2["result"][0], str)
+
+
+def test_model_nodes_tick_through_vae_work_and_pair_building(tiny_model):
+    """Prior Latents in noise mode (VAE only) and the sampler's VAE encode/decode move ComfyUI's bar."""
+    frames, mask = _clip()
+    (handle,) = node("RRDPOLoadDiffuEraser").load("tiny", "auto", "none")
+    vae = FakeComfyVAE()
+    start = len(tiny_model.progress)
+    latent, _ = node("RRDPOPriorLatents").prepare(handle, vae, _cond(), frames, mask, frames, "noise", 999, 2,
+                                                   "ddim", 3)
+    ticks = tiny_model.progress[start:]
+    assert len(ticks) == 2 and ticks[-1] == (2, 2)  # 6 frames = 2 VAE batches of the prior
+    start = len(tiny_model.progress)
+    node("RRDPODiffuEraserSampler").sample(handle, vae, _cond(), frames, mask, 2, "ddim", 3, 0.0, latent=latent)
+    ticks = tiny_model.progress[start:]
+    assert ticks[-1] == (6, 6) and [v for v, _ in ticks] == list(range(1, 7))  # encode 2 + 2 windows + decode 2
+    start = len(tiny_model.progress)
+    node("RRDPOBuildPreferencePairs").build(handle, vae, _cond(), "ticks", 1, 4, True, False, False, 0,
+                                            images=frames)
+    values = [v for v, _ in tiny_model.progress[start:]]
+    assert values[-1] == 100 and len(set(values)) > 5, "the bar moves while the pair is made"

@@ -77,7 +77,11 @@ def test_builds_every_loser_kind_with_the_model(tmp_path, tiny):
     progress = []
     ds = build_preference_pairs(model, vae, text, sources, tmp_path, count=3, num_frames=4, seed=5,
                                 progress=lambda d, t: progress.append((d, t)))
-    assert progress[0] == (0, 3) and progress[-1] == (3, 3)
+    assert progress[0] == (0, 300) and progress[-1] == (300, 300)  # 100 units per pair
+    values = [d for d, _ in progress]
+    assert values == sorted(values) and {100, 200} <= set(values)
+    # the bar moves while a pair is made (prior, sampler windows, VAE batches), not only between pairs
+    assert len({d for d in values if 0 < d < 100}) >= 5
     assert len(ds) == 3 and ds.kinds() == {"hallucination": 1, "blur": 1, "flicker": 1}
     assert ds.has_latents and torch.equal(ds.text_embeds(), text)
     lines = (tmp_path / MANIFEST_FILE).read_text().splitlines()
@@ -248,3 +252,27 @@ def test_bad_requests_are_refused(tmp_path):
         resolve_sources(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="not a preference-pair folder"):
         PairDataset(tmp_path)
+
+
+def test_a_build_that_fails_on_its_inputs_leaves_no_settings_behind(tmp_path):
+    from rrdpo_core.pairs import DATASET_FILE, TEXT_FILE
+
+    gen = cheap_generator()
+    root = tmp_path / "p"
+    with pytest.raises(ValueError, match="shorter than num_frames"):
+        build_preference_pairs(None, None, torch.zeros(1, 77, 32), [clip(1)], root, count=2, num_frames=12,
+                               generator=gen, store_latents=False)
+    assert not (root / DATASET_FILE).exists() and not (root / TEXT_FILE).exists()
+    # the corrected re-run into the same name is accepted and records its own settings
+    ds = build_preference_pairs(None, None, torch.zeros(1, 77, 32), [clip(1)], root, count=2, num_frames=4,
+                                generator=gen, store_latents=False)
+    assert len(ds) == 2 and ds.settings.num_frames == 4
+    # a folder holding settings but no pair (left by an older version) takes new settings too
+    stale = tmp_path / "stale"
+    build_preference_pairs(None, None, torch.zeros(1, 77, 32), [clip(1)], stale, count=1, num_frames=4,
+                           generator=gen, store_latents=False)
+    for p in (stale / SAMPLES_DIR).iterdir():
+        p.unlink()
+    ds = build_preference_pairs(None, None, torch.zeros(1, 77, 32), [clip(1)], stale, count=1, num_frames=5,
+                                generator=gen, store_latents=False)
+    assert ds.settings.num_frames == 5 and len(ds) == 1
