@@ -75,15 +75,29 @@ def list_files(name: str) -> list[str]:
         return []
 
 
-def full_path(name: str, filename: str) -> str:
-    """Resolve a file picked from a ComfyUI list, with an error that names the folder to use."""
+def with_placeholders(found: list[str], *expected: str) -> list[str]:
+    """``found`` plus each expected default name that is missing from it.
+
+    ComfyUI refuses a workflow whose combo value is not in the list ("Value not in list") before any
+    node runs, so a user with an empty model folder would never see where the files come from. The
+    shipped default names therefore stay in the list; picking a missing one raises the pack's
+    message (see :func:`full_path`).
+    """
+    return list(found) + [name for name in expected if name not in found]
+
+
+def full_path(name: str, filename: str, source: str = "") -> str:
+    """Resolve a file picked from a ComfyUI list, with an error that names the folder to use and,
+    given ``source``, where the file comes from."""
     fp = folder_paths()
     if fp is None:
         raise FileNotFoundError(f"{filename!r}: ComfyUI's folder_paths is not available")
     path = fp.get_full_path(name, filename)
     if path is None:
         folders = ", ".join(model_folder_paths(name)) or f"models/{name}"
-        raise FileNotFoundError(f"{filename!r} was not found in the {name!r} model folder(s): {folders}")
+        where = f" {source}" if source else ""
+        raise FileNotFoundError(f"{filename!r} was not found in the {name!r} model folder(s): {folders}.{where} "
+                                "Then refresh ComfyUI (R) and run again.")
     return path
 
 

@@ -7,6 +7,7 @@ from . import _comfy
 
 CATEGORY = "Region-Reg-DPO/prior"
 NONE = "none"
+PROPAINTER_FILES = ("ProPainter.pth", "recurrent_flow_completion.pth", "raft-things.pth")
 _OUTPUTS = dict(
     RETURN_TYPES=("IMAGE", "MASK", "IMAGE", "STRING"),
     RETURN_NAMES=("prior", "visibility", "visibility_preview", "report"),
@@ -89,11 +90,16 @@ class RRDPOProPainterPrior:
 
     @classmethod
     def INPUT_TYPES(cls):
-        files = _comfy.list_files("propainter") or [NONE]
+        found = _comfy.list_files("propainter")
 
         def pick(name):
             hit = [f for f in files if f.lower().endswith(name.lower())]
             return hit[0] if hit else files[0]
+
+        # The three official names stay listed when missing, so a shipped workflow validates and running
+        # it says where the weights go (instead of ComfyUI's "Value not in list").
+        files = _comfy.with_placeholders(found, *[n for n in PROPAINTER_FILES
+                                                  if not any(f.lower().endswith(n.lower()) for f in found)])
 
         return {
             "required": dict(
@@ -114,14 +120,13 @@ class RRDPOProPainterPrior:
     def run(self, images, mask, propainter, flow_completion, raft, mask_dilation, raft_iter, resize_ratio):
         from ..rrdpo_core.prior.propainter import load_propainter, propainter_prior
 
+        source = ("Put ProPainter.pth, recurrent_flow_completion.pth and raft-things.pth in models/propainter "
+                  "(github.com/sczhou/ProPainter releases, v0.1.0).")
         if NONE in (propainter, flow_completion, raft):
-            raise FileNotFoundError(
-                "ProPainter weights not found: put ProPainter.pth, recurrent_flow_completion.pth and raft-things.pth "
-                "in models/propainter (github.com/sczhou/ProPainter releases) and refresh."
-            )
-        files = {"propainter": _comfy.full_path("propainter", propainter),
-                 "flow_completion": _comfy.full_path("propainter", flow_completion),
-                 "raft": _comfy.full_path("propainter", raft)}
+            raise FileNotFoundError(f"ProPainter weights not found. {source} Then refresh ComfyUI (R).")
+        files = {"propainter": _comfy.full_path("propainter", propainter, source),
+                 "flow_completion": _comfy.full_path("propainter", flow_completion, source),
+                 "raft": _comfy.full_path("propainter", raft, source)}
         device = _comfy.torch_device()
         fit = _fit(images, mask)
         with torch.inference_mode(False), torch.no_grad():
