@@ -27,9 +27,11 @@ def test_pairs_and_trainer_nodes_write_a_loadable_lora(tiny_model):
     with pytest.raises(ValueError, match="kind"):
         node("RRDPOBuildPreferencePairs").build(handle, FakeComfyVAE(), _cond(), "p", 2, 4, False, False, False, 0,
                                                 images=frames)
-    pairs, summary = node("RRDPOBuildPreferencePairs").build(handle, FakeComfyVAE(), _cond(), "p", 2, 4, False, True,
+    pairs, summary, preview = node("RRDPOBuildPreferencePairs").build(handle, FakeComfyVAE(), _cond(), "p", 2, 4, False, True,
                                                             False, 0, images=frames)
     assert pairs.count == 2 and "blur 2" in summary
+    assert preview.ndim == 4 and preview.shape[0] == 1 and preview.shape[-1] == 3  # IMAGE: two blur rows
+    assert preview.shape[1] > 2 * 160 and 0 <= preview.min() and preview.max() <= 1
     assert (tiny_model.output_dir / "rrdpo_pairs" / "p").is_dir()
     out = node("RRDPOTrainer").train(handle, _cond(), pairs, "my_lora", 2, 1e-3, 4, 1000.0, 1.0, 1.5, 0.05,
                                      100.0, 200.0, 5.0, 8, 1, 1, 0)

@@ -276,3 +276,25 @@ def test_a_build_that_fails_on_its_inputs_leaves_no_settings_behind(tmp_path):
     ds = build_preference_pairs(None, None, torch.zeros(1, 77, 32), [clip(1)], stale, count=1, num_frames=5,
                                 generator=gen, store_latents=False)
     assert ds.settings.num_frames == 5 and len(ds) == 1
+
+
+def test_pair_preview_shows_masked_input_winner_and_loser_of_each_kind(tmp_path):
+    from rrdpo_core.pair_preview import pair_preview
+
+    ds = build_preference_pairs(None, None, torch.zeros(1, 77, 32), [clip(1), clip(2)], tmp_path, count=7,
+                                num_frames=4, generator=cheap_generator(), store_latents=False)
+    img = pair_preview(ds, per_kind=2, height=64)
+    label, gap = 18, 4
+    rows = 2 + 2 + 2  # two of each of the three kinds (7 pairs: 3 hallucination, 2 blur, 2 flicker)
+    assert img.shape == (1, rows * (label + 64) + (rows - 1) * gap, 3 * 64 + 2 * gap, 3)
+    assert 0 <= img.min() and img.max() <= 1
+    shown = [e for e in ds.entries if e.kind == "hallucination"][:2] + [e for e in ds.entries if e.kind == "blur"][:2]
+    for row, entry in enumerate(shown[:3]):
+        top = row * (label + 64 + gap) + label
+        masked, winner, loser = (img[0, top:top + 64, c * (64 + gap):c * (64 + gap) + 64] for c in range(3))
+        t = ds.load(ds.entries.index(entry), ["winner", "mask"])
+        hole = t["mask"][t["mask"].shape[0] // 2].bool()  # 64x64 clips: tiles are at full size
+        assert torch.allclose(winner, t["winner"][t["winner"].shape[0] // 2].float() / 255, atol=1 / 255)
+        assert masked[hole].max() == 0, "the hole is black in the masked input, as the model sees it"
+        assert torch.allclose(masked[~hole], winner[~hole])
+        assert (loser[hole] - winner[hole]).abs().mean() > 0.02, "the loser differs from the truth in the hole"
