@@ -129,3 +129,28 @@ def test_kohya_adapter_made_under_inference_mode_is_switchable_afterwards():
     add_region_adapter(model.unet, rank=2, lora_alpha=4, trainable=True)
     remove_region_lora(model)
     assert list_adapters(model.unet) == ["pcm"] and model_digest(model) == digest
+
+
+def test_training_on_the_cached_model_leaves_it_as_it_was_for_later_lora_runs(files):
+    """Workflow d then e on one server: the trainer runs on the cached model; afterwards a Region LoRA
+    still applies exactly as before, and the model's state is bit-identical."""
+    frames, mask = _clip()
+    with torch.inference_mode():
+        (base,) = node("RRDPOLoadDiffuEraser").load("tiny", "auto", PCM_FILE)
+        (lora,) = node("RRDPOApplyRegionDPOLoRA").apply(base, "rrdpo/r.safetensors", 1.0)
+        vae = FakeComfyVAE()
+        args = (vae, _cond(), frames, mask, 2, "tcd", 0, 0.0)
+        before = node("RRDPODiffuEraserSampler").sample(lora, *args)[0]
+        plain = node("RRDPODiffuEraserSampler").sample(base, *args)[0]
+        digest = model_digest(base.model)
+        pairs = node("RRDPOBuildPreferencePairs").build(base, vae, _cond(), "p", 2, 4, False, True, False, 0,
+                                                        images=frames)[0]
+        assert model_digest(base.model) == digest
+        out = node("RRDPOTrainer").train(base, _cond(), pairs, "t", 2, 1e-3, 4, 1000.0, 1.0, 1.5, 0.05, 100.0,
+                                         200.0, 5.0, 8, 1, 100, 0)["result"]
+        assert model_digest(base.model) == digest, "the trainer changed the cached model"
+        after = node("RRDPODiffuEraserSampler").sample(lora, *args)[0]
+        assert torch.equal(after, before) and not torch.allclose(after, plain, atol=1e-4)
+        # the trainer's own output handle carries the trained LoRA (non-zero after 2 steps at lr 1e-3)
+        trained = node("RRDPODiffuEraserSampler").sample(out[0], *args)[0]
+        assert not torch.equal(trained, plain)
