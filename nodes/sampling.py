@@ -204,12 +204,14 @@ class RRDPOBlendIntoVideo:
             },
         }
 
+    @_comfy.interrupt_aware
     def blend(self, original, generated, mask, mode):
         from ..rrdpo_core.blend import blend_into_video
         from ..rrdpo_core.framing import fit_mask
 
         fit = fit_mask(mask, *original.shape[:3])
-        out = blend_into_video(original, generated, fit.mask, mode=mode)
+        out = blend_into_video(original, generated, fit.mask, mode=mode, progress=_comfy.Progress(),
+                               cancel=_comfy.cancel_requested)
         return (torch.as_tensor(out).float(), fit.report or "mask used as given")
 
 

@@ -101,7 +101,9 @@ def test_one_mask_for_all_frames_in_the_mask_prior_blend_and_metrics_nodes(comfy
 
     # Blend and metrics
     gen = torch.rand(frames.shape, generator=torch.Generator().manual_seed(0))
+    start = len(comfy_stubs.progress)
     b1, report = node("RRDPOBlendIntoVideo").blend(frames, gen, single, "gaussian")
+    assert comfy_stubs.progress[start:] == [(t, T) for t in range(1, T + 1)], "one tick per blended frame"
     b2, _ = node("RRDPOBlendIntoVideo").blend(frames, gen, mask, "gaussian")
     assert torch.equal(b1, b2) and "one mask" in report
     _, report = node("RRDPOBlendIntoVideo").blend(frames, gen, half, "gaussian")
