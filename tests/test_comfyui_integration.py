@@ -207,6 +207,8 @@ def test_b_twice_then_after_cancel_gives_the_same_result(server):
     for node_type in ("RRDPOPriorLatents", "RRDPODiffuEraserSampler"):
         values = progress.get(node_type, [])
         assert len(values) >= 3, f"{node_type}: progress {values} (VAE encode, steps and decode each report)"
+    report = " ".join(first["outputs"][_node_id(name, "Preview Any (sampler report)")]["text"])
+    assert "106x60 padded" in report and "cropped back" in report, f"the sampler does not say it padded: {report}"
     src = _decoded_input(server, "video2")
     assert np.abs(result.astype(int) - src.astype(int)).max() > 20, "nothing was removed"
 

@@ -28,7 +28,7 @@ The *Flow Propagation Prior* fills the hole with pixels that other frames saw (O
 """ + TWO_VIDEOS + "\n\n" + OUTPUT.format(prefix="rrdpo/flow_prior")
 
 REMOVAL_NOTE = """### DiffuEraser object removal with a Region-DPO LoRA
-*Flow Propagation Prior* → *Prior Latents* (noise mode) → *DiffuEraser Sampler* (PCM 2-step LoRA, TCD) → *Blend Into Video*. *Apply Region-DPO LoRA* adds your trained LoRA (made with workflow d, in `models/loras/rrdpo/`); strength 0 = the base model.
+*Flow Propagation Prior* → *Prior Latents* (noise mode) → *DiffuEraser Sampler* (PCM 2-step LoRA, TCD) → *Blend Into Video*. *Preview Any (sampler report)* says what the sampler adjusted (padding to multiples of 8, one mask for all frames). *Apply Region-DPO LoRA* adds your trained LoRA (made with workflow d, in `models/loras/rrdpo/`); strength 0 = the base model.
 
 """ + TWO_VIDEOS + "\n\n" + MODELS + "\n\n" + OUTPUT.format(prefix="rrdpo/diffueraser")
 
@@ -107,6 +107,8 @@ def diffueraser_removal_with_lora(Workflow):
                     mask=mask[0], prior=prior[0], mode="noise", t_start=999, steps=2, scheduler="tcd", seed=0)
     sampled = wf.add("RRDPODiffuEraserSampler", diffueraser=model[0], vae=vae[0], conditioning=cond[0],
                      images=clip[0], mask=mask[0], latent=latent[0], steps=2, scheduler="tcd", seed=0)
+    if len(wf.outputs("RRDPODiffuEraserSampler")) > 1:  # what the sampler adjusted: padding, a shared mask
+        wf.add("PreviewAny", title="Preview Any (sampler report)", source=sampled[1])
     blended = wf.add("RRDPOBlendIntoVideo", original=clip[0], generated=sampled[0], mask=mask[0])
     _save(wf, blended[0], comps[2], "rrdpo/diffueraser")
     return wf
