@@ -33,8 +33,11 @@ def visibility_preview(frames: torch.Tensor, holes: torch.Tensor, visibility: to
 
 
 def _outputs(images, mask, result):
-    holes = mask if mask.ndim == 3 else mask[None].expand(images.shape[0], -1, -1)
+    from ..rrdpo_core.video_io import as_masks
+
     prior = result.frames.float().cpu()
+    # The holes exactly as the prior read them (one mask for all frames, (T, H, W, C), 0/1 uint8).
+    holes = torch.from_numpy(as_masks(mask, *prior.shape[:3]))
     visibility = result.visibility.float().cpu()
     return (prior, visibility, visibility_preview(prior, holes, visibility))
 

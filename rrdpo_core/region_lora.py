@@ -460,6 +460,11 @@ def load_region_lora(path: str | os.PathLike) -> RegionLora:
     sd = _from_diffusers_keys(tensors, str(path))
     if not sd:
         raise ValueError(f"{path}: the file holds no LoRA tensors")
+    from .validate import check_finite_tensors
+
+    # A NaN in one LoRA matrix turns every sampled frame into NaN; refuse the file here, by name.
+    check_finite_tensors(tensors, str(path), "the LoRA is damaged (or its training diverged): use an earlier "
+                                             "checkpoint's lora.safetensors, or retrain it")
     return RegionLora(state_dict=sd, info=info, path=path)
 
 
