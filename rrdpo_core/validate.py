@@ -53,17 +53,21 @@ def check_zone_partition(masks: Sequence[torch.Tensor], tol: float = ZONE_TOLERA
     The Region-Reg-DPO loss divides every zone by the whole sample, so it is the plain MSE only when
     the zones partition the sample; overlapping zones count pixels twice and gaps drop them.
     """
-    total = None
-    for k, m in enumerate(masks):
-        mf = m.detach().float()
-        lo, hi = float(mf.min()), float(mf.max())
+    floats = [m.detach().float() for m in masks]
+    total = floats[0]
+    for mf in floats[1:]:
+        total = total + mf
+    # One device->host transfer for every statistic (the trainer runs this each step on the GPU).
+    stats = torch.stack([torch.stack([mf.min(), mf.max()]) for mf in floats]
+                        + [torch.stack([(total - 1).abs().max(), (total > 1 + tol).sum().float()])]).tolist()
+    for k, (lo, hi) in enumerate(stats[:-1]):
+        if lo != lo or hi != hi:  # NaN compares false with everything
+            raise RrdpoInputError(f"{where}: zone {k} contains NaN; zone masks must be numbers in [0, 1]")
         if lo < -tol or hi > 1 + tol:
             raise RrdpoInputError(f"{where}: zone {k} has values in [{lo:g}, {hi:g}]; zone masks must lie in [0, 1]")
-        total = mf if total is None else total + mf
-    dev = (total - 1).abs()
-    worst = float(dev.max())
+    worst, over = stats[-1][0], int(stats[-1][1])
     if worst > tol:
-        over, under = int((total > 1 + tol).sum()), int((total < 1 - tol).sum())
+        under = int((total < 1 - tol).sum())
         what = []
         if over:
             what.append(f"{over} element(s) are in more than one zone (overlap)")

@@ -28,7 +28,11 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from rrdpo_core.errors import RrdpoInputError
+if __name__ == "__main__":  # run as a script to count the cases: make the checkout importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from rrdpo_core.errors import RrdpoInputError  # noqa: E402
 
 T, H, W = 6, 32, 32
 
@@ -564,17 +568,40 @@ def _(env: Env):
     flow_propagation_prior(smooth_frames(), box_masks()[:4])
 
 
-@documented("api-flow-prior-all-ones-mask-is-refused-or-filled")
+@error("api-flow-prior-all-ones-mask", RrdpoInputError, r"every pixel of every frame is hole",
+       r"leave some background visible")
 def _(env: Env):
-    # Documented: a mask over every pixel leaves nothing to propagate; the prior says so.
     from rrdpo_core.prior import flow_propagation_prior
 
-    try:
-        res = flow_propagation_prior(smooth_frames(), torch.ones(T, H, W))
-    except ValueError as err:
-        assert "every pixel" in str(err) or "no known pixel" in str(err).lower(), str(err)
-    else:
-        assert torch.isfinite(res.frames).all() and res.stats.get("seen_fraction", 0) == 0
+    flow_propagation_prior(smooth_frames(), torch.ones(T, H, W))
+
+
+@documented("api-flow-prior-single-frame-is-filled-spatially")
+def _(env: Env):
+    from rrdpo_core.prior import flow_propagation_prior
+
+    frames, mask = smooth_frames(1), box_masks(1)
+    res = flow_propagation_prior(frames, mask)
+    assert res.stats["seen_fraction"] == 0.0, "no other frame to see the hole in"
+    assert torch.isfinite(res.frames).all() and torch.equal(res.frames[mask == 0], frames[mask == 0])
+
+
+@error("api-propainter-weights-folder-missing", FileNotFoundError, r"not a folder", r"ProPainter\.pth")
+def _(env: Env):
+    from rrdpo_core.prior.propainter import load_propainter
+
+    load_propainter(env.tmp / "propainter")
+
+
+@error("api-propainter-weights-with-a-pickle-payload", ValueError, r"ProPainter\.pth|raft-things\.pth")
+def _(env: Env):
+    from rrdpo_core.prior.propainter import load_propainter
+
+    folder = env.tmp / "propainter"
+    folder.mkdir()
+    for name in ("raft-things.pth", "recurrent_flow_completion.pth", "ProPainter.pth"):
+        pickle_payload(folder / name)
+    load_propainter(folder)
 
 
 # ============================================================================================
@@ -610,6 +637,14 @@ def _(env: Env):
 
     a = torch.full((2, 1, 2, 4, 4), 2.0)
     region_reg_dpo_loss(*loss_inputs(), [a, 1 - a])
+
+
+@error("api-loss-nan-zone-mask", RrdpoInputError, r"zone 1 contains NaN")
+def _(env: Env):
+    from rrdpo_core.loss import region_reg_dpo_loss
+
+    hole = torch.zeros(2, 1, 2, 4, 4)
+    region_reg_dpo_loss(*loss_inputs(), [hole, torch.full_like(hole, float("nan")), 1 - hole])
 
 
 @documented("api-loss-soft-zones-summing-to-1-are-accepted")
