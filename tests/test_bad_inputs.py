@@ -928,7 +928,7 @@ def resume_expecting_fallback(env: Env, run: Path, damaged_file: str, why: str) 
                                out_dir=run)
     said = " ".join(str(w.message) for w in caught if issubclass(w.category, CheckpointFallbackWarning))
     assert re.search(r"resuming from .*step_00000001 \(the previous good checkpoint\)", said), said
-    assert re.search(rf"step_00000002/{re.escape(damaged_file)} is damaged: .*{why}", said), said
+    assert re.search(rf"step_00000002/{re.escape(damaged_file)} \(.*{why}", said), said
     assert res.resumed_from == 1 and res.steps == 3
 
 
@@ -974,6 +974,37 @@ def _(env: Env):
     run = damaged_run(env, lambda ck: truncate(ck / "scheduler.pt"))
     (run / "checkpoints" / "step_00000001" / "state.json").write_text("[]")
     train_region_dpo(env.shared.model, None, None, env.shared.pairs, train_config(max_steps=3), out_dir=run)
+
+
+@error("train-cli-two-processes-name-the-damaged-sample", CliFailed, r"000000\.safetensors \(damaged sample\)",
+       r"NaN", r"delete")
+def _(env: Env):
+    import os
+    import socket
+    import subprocess
+
+    launcher = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
+    if not Path(launcher).exists():
+        pytest.skip("the accelerate launcher is not installed")
+    pairs = env.copy(env.shared.pairs, "pairs")
+    rewrite_safetensors(sample_file(pairs, 0),
+                        lambda t: t.__setitem__("loser_latents", t["loser_latents"] * float("nan")))
+    (env.tmp / "cfg.json").write_text(json.dumps(dict(
+        model_dir=str(env.shared.model_dir), pairs_dir=str(pairs), out_dir=str(env.tmp / "run"), device="cpu",
+        max_steps=2, batch_size=1, learning_rate=1e-3, rank=4, lora_alpha=8.0, checkpoint_every=1, plots=False,
+        num_frames=2)))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--main_process_port", str(port), "-m", "rrdpo_core.train",
+           "--config", str(env.tmp / "cfg.json")]
+    repo = Path(__file__).resolve().parents[1]
+    run_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo), "CUDA_VISIBLE_DEVICES": ""}
+    # The launcher stops the other process when one fails; the timeout guards against a hang.
+    proc = subprocess.run(cmd, cwd=env.tmp, env=run_env, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise CliFailed(2, proc.stderr[-6000:])
 
 
 @error("api-resume-with-other-settings", ValueError, r"settings differ from the checkpoint's", r"another out_dir")

@@ -182,7 +182,14 @@ def write_checkpoint(
 
 
 class CheckpointDamagedError(RrdpoInputError):
-    """A checkpoint folder exists but one of its files cannot be read (truncated, garbage, not ours)."""
+    """A checkpoint folder exists but one of its files cannot be read (truncated, garbage, not ours).
+
+    ``file`` is the damaged file and ``problem`` what is wrong with it (the message adds the fix).
+    """
+
+    def __init__(self, message: str, file: Path | None = None, problem: str = ""):
+        super().__init__(message)
+        self.file, self.problem = file, problem
 
 
 class CheckpointFallbackWarning(UserWarning):
@@ -193,7 +200,7 @@ def _damaged(path: Path, name: str, what: str) -> CheckpointDamagedError:
     earlier = [p for s, p in list_checkpoints(path.parent.parent) if s < (_step_of(path) or 0)]
     fix = (f"resume='auto' falls back to the previous good one ({earlier[-1].name}); or delete {path}"
            if earlier else f"delete {path} and start the run again (there is no earlier checkpoint)")
-    return CheckpointDamagedError(f"training checkpoint {path / name} is damaged: {what}; {fix}")
+    return CheckpointDamagedError(f"training checkpoint {path / name} is damaged: {what}; {fix}", path / name, what)
 
 
 def _load_pt(path: Path, name: str) -> Any:
@@ -220,22 +227,23 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
             f"{path} is not a complete training checkpoint (no state.json); pass a folder like "
             f"<out_dir>/{CHECKPOINTS_DIR}/{_PREFIX}00000100 or resume='auto'"
         )
-    from ..validate import read_json_object
-
     try:
-        state = read_json_object(path / "state.json", "x")
-    except RrdpoInputError as err:
-        raise _damaged(path, "state.json", str(err).rsplit(";", 1)[0].split(": ", 1)[-1]) from None
-    if not isinstance(state.get("step"), int):
-        raise _damaged(path, "state.json", f"no integer 'step' (got {state.get('step')!r})")
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise _damaged(path, "state.json", "not a text (JSON) file") from None
+    except json.JSONDecodeError as err:
+        raise _damaged(path, "state.json", f"not valid JSON ({err})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise _damaged(path, "state.json", "no integer 'step' in it")
     if not (path / "lora.safetensors").is_file():
         raise _damaged(path, "lora.safetensors", "the file is missing")
     from ..region_lora import load_region_lora
 
     try:
-        load_region_lora(path / "lora.safetensors")
+        load_region_lora(path / "lora.safetensors")  # also refuses NaN/inf weights
     except ValueError as err:
-        raise _damaged(path, "lora.safetensors", str(err).split(": ", 1)[-1][:300]) from None
+        # The loader's message starts with the path (already named) and ends with its own advice.
+        raise _damaged(path, "lora.safetensors", str(err).split(": ", 1)[-1].split("; ")[0][:300]) from None
 
     def load(name: str) -> Any:
         return _load_pt(path, name)
@@ -267,7 +275,7 @@ def latest_good_checkpoint(out_dir: str | os.PathLike) -> Path | None:
         try:
             read_checkpoint(path)
         except CheckpointDamagedError as err:
-            problems.append(str(err).split("; ", 1)[0])
+            problems.append(f"{err.file} ({err.problem})")
             continue
         if problems:
             warnings.warn(f"resuming from {path} (the previous good checkpoint): skipped {len(problems)} damaged "
