@@ -976,7 +976,7 @@ def _(env: Env):
     train_region_dpo(env.shared.model, None, None, env.shared.pairs, train_config(max_steps=3), out_dir=run)
 
 
-@error("train-cli-two-processes-name-the-damaged-sample", CliFailed, r"000000\.safetensors \(damaged sample\)",
+@error("train-cli-two-processes-name-the-damaged-sample", RuntimeError, r"000000\.safetensors \(damaged sample\)",
        r"NaN", r"delete")
 def _(env: Env):
     import os
@@ -1004,7 +1004,7 @@ def _(env: Env):
     # The launcher stops the other process when one fails; the timeout guards against a hang.
     proc = subprocess.run(cmd, cwd=env.tmp, env=run_env, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
-        raise CliFailed(2, proc.stderr[-6000:])
+        raise RuntimeError(proc.stderr[-6000:])
 
 
 @error("api-resume-with-other-settings", ValueError, r"settings differ from the checkpoint's", r"another out_dir")

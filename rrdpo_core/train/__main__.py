@@ -116,4 +116,10 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    sys.exit(main())
+    from ..errors import RrdpoInputError
+
+    try:
+        sys.exit(main())
+    except (RrdpoInputError, FileNotFoundError) as err:  # bad input or a damaged file: the message says which
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
