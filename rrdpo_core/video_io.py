@@ -231,8 +231,8 @@ def _read_any(path: str | os.PathLike, max_frames: int | None, gray: bool) -> tu
         if any(i.dtype != np.uint8 for i in imgs):
             # 16-bit masks holding 0/1 labels stay 0/1 (scaling them to 8 bits would round them to 0).
             labels = gray and all(int(i.max(initial=0)) <= 1 for i in imgs)
-            imgs = [i.astype(np.uint8) if labels else cv2.convertScaleAbs(i, alpha=255.0 / max(1, np.iinfo(i.dtype).max))
-                    for i in imgs]
+            scale = [255.0 / max(1, np.iinfo(i.dtype).max) for i in imgs]
+            imgs = [i.astype(np.uint8) if labels else cv2.convertScaleAbs(i, alpha=a) for i, a in zip(imgs, scale)]
         return np.stack(imgs), DEFAULT_FPS
     rgb, fps = _read_video_file(p, max_frames)
     return (rgb.max(axis=-1) if gray else rgb), fps
@@ -252,22 +252,24 @@ def read_masks(path: str | os.PathLike, size: tuple[int, int] | None = None, max
     """Read hole masks as bool ``(T, H, W)`` (True = hole) from a video, a folder or one image.
 
     A pixel is hole where its brightest channel is above ``threshold`` (0..255): mask videos are
-    usually lossy, so a mid-grey threshold ignores compression noise. Masks whose maximum over
-    all frames is 1 are 0/1 label images (DAVIS-style PNGs, most labelling tools): they are read
-    as 0/1 (hole > 0), not as an empty 0/255 mask. A mask that is not all zero but never reaches
+    usually lossy, so a mid-grey threshold ignores compression noise. Mask images (a folder or one
+    file) whose maximum over all frames is 1 are 0/1 label images (DAVIS-style PNGs, most
+    labelling tools): they are read as 0/1 (hole > 0), not as an empty 0/255 mask. A mask that is not all zero but never reaches
     the threshold is read as empty, with a note saying so. ``size = (height, width)`` resizes
     with nearest neighbour (as DiffuEraser does with its mask video). ``notes`` (a list), when
     given, receives one line per such decision, for the caller to show.
     """
     gray, _ = _read_any(path, max_frames, gray=True)
     peak = int(gray.max(initial=0))
-    if peak == 1:
+    # Only image files hold exact labels; in a lossy mask video a stray 1 is compression noise.
+    images = Path(path).is_dir() or Path(path).suffix.lower() in IMAGE_EXTENSIONS
+    if peak == 1 and images:
         masks = gray > 0
         if notes is not None:
             notes.append(f"{path}: mask values are 0/1 (maximum 1), read as 0/1 labels (1 = hole), not 0/255")
     else:
         masks = gray > threshold
-        if 1 < peak <= threshold and notes is not None:
+        if 0 < peak <= threshold and notes is not None:
             notes.append(f"{path}: the brightest mask pixel is {peak}, not above the threshold {threshold}: read as an "
                          f"empty mask. If it stores labels 0..{peak}, write it as 0/255 (hole = white)")
     if size is not None and tuple(masks.shape[1:]) != tuple(size):

@@ -547,6 +547,15 @@ def _(env: Env):
     assert torch.equal(read_masks(folder / "00000.png")[0], box_masks()[0] > 0)
 
 
+@documented("api-prepare-masks-uint8-0-1-marks-the-hole")
+def _(env: Env):
+    from rrdpo_core.masks import prepare_masks
+
+    labels = (box_masks() > 0).to(torch.uint8)
+    out = prepare_masks(labels, dilation_iter=0, erode=False)  # binarised at > 0: 0/1 and 0/255 alike
+    assert torch.equal(out, labels.float()) and torch.equal(prepare_masks(labels * 255, 0, erode=False), out)
+
+
 @error("api-prepare-masks-negative-dilation", ValueError, r"dilation_iter.*non-negative integer, got -1")
 def _(env: Env):
     from rrdpo_core.masks import prepare_masks
@@ -704,6 +713,16 @@ def _(env: Env):
     path = rewrite_safetensors(env.copy(env.shared.lora, "inf_lora.safetensors"),
                                lambda t: poison_first(t, float("inf")))
     apply_region_lora(env.shared.model, path)
+
+
+@error("api-region-lora-object-with-nan-in-memory", RrdpoInputError, r"the LoRA", r"NaN or infinite")
+def _(env: Env):
+    from rrdpo_core.region_lora import RegionLora, apply_region_lora, load_region_lora
+
+    lora = load_region_lora(env.shared.lora)
+    sd = dict(lora.state_dict)
+    poison_first(sd)
+    apply_region_lora(env.shared.model, RegionLora(state_dict=sd, info=lora.info, path=None))
 
 
 @error("api-region-lora-truncated", ValueError, r"trunc\.safetensors: not a readable safetensors file")
