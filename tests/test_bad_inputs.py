@@ -785,6 +785,22 @@ def _(env: Env):
                      adapter_name="wrong_pcm")
 
 
+@error("api-sampler-nan-output-names-the-cause", RrdpoInputError, r"sampler produced NaN/inf latents",
+       r"weights or an applied LoRA", r"bf16/fp32")
+def _(env: Env):
+    from rrdpo_core.pipeline import DiffuEraserPipeline
+    from rrdpo_core.vae import make_tiny_vae
+
+    model = env.shared.model
+    pipe = DiffuEraserPipeline(model, make_tiny_vae(0))
+    real = model.predict_eps
+    model.predict_eps = lambda *a, **k: real(*a, **k) * float("nan")  # as a NaN weight would make it
+    try:
+        pipe(smooth_frames(4), box_masks(4), None, torch.zeros(1, 77, model.cross_attention_dim), seed=0)
+    finally:
+        del model.predict_eps
+
+
 @error("api-model-weights-truncated", ValueError, r"diffusion_pytorch_model\.safetensors is not a complete "
        r"safetensors file", r"download")
 def _(env: Env):
