@@ -1086,6 +1086,35 @@ def _(env: Env):
     node("RRDPOLoadDiffuEraser").load("tiny", "auto", "none")
 
 
+def sample_node(env: Env, handle, frames=None, masks=None, cond_dim: int = 32):
+    from test_nodes_pipeline import FakeComfyVAE, _cond
+
+    frames = smooth_frames(4) if frames is None else frames
+    masks = box_masks(4) if masks is None else masks
+    return node("RRDPODiffuEraserSampler").sample(handle, FakeComfyVAE(), _cond(dim=cond_dim), frames, masks, 2,
+                                                  "ddim", 0, 0.0)
+
+
+@error("node-sampler-with-a-nan-lora-attached", ValueError, r"nan_lora\.safetensors", r"NaN or infinite")
+def _(env: Env):
+    # The Apply node refuses the file too; a handle made before the file was damaged meets it here.
+    path = env.tmp / "nan_lora.safetensors"
+    shutil.copyfile(env.shared.lora, path)
+    rewrite_safetensors(path, poison_first)
+    sample_node(env, handle_for(env.shared.model).with_lora(str(path), 1.0))
+
+
+@error("node-sampler-fewer-masks-than-frames", ValueError, r"got 3 masks for 4 frames")
+def _(env: Env):
+    sample_node(env, handle_for(env.shared.model), masks=box_masks(3))
+
+
+@error("node-sampler-conditioning-from-another-clip", ValueError, r"text embedding width 768",
+       r"cross-attention width 32", r"SD1\.5 CLIP")
+def _(env: Env):
+    sample_node(env, handle_for(env.shared.model), cond_dim=768)
+
+
 @error("node-flow-prior-fewer-masks-than-frames", ValueError, r"got 2 masks for 6 frames")
 def _(env: Env):
     node("RRDPOFlowPrior").run(smooth_frames(), box_masks()[:2], 2.0, "fast")
