@@ -143,10 +143,13 @@ def _demo(args: argparse.Namespace, progress: _Progress) -> int:
     from .synthetic import make_synthetic_clip
     from .video_io import stack_side_by_side, write_image, write_video
 
-    out_dir = Path(args.out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise RrdpoInputError(f"--out {out_dir}: exists and is not a folder")
+    from .validate import check_memory, check_writable_output
+
     width, height = args.size
+    # Before any work: the output folder must be writable and the clip must fit in memory.
+    out_dir = check_writable_output(args.out, "--out", folder=True)  # created when the results are written
+    check_memory(_memory_need(args.frames, height, width), f"demo --frames {args.frames} --size {width}x{height}",
+                 "use fewer --frames or a smaller --size")
     t0 = time.perf_counter()
     clip = make_synthetic_clip(args.frames, height, width, seed=args.seed)
     frames, masks, truth = clip.frames.numpy(), clip.masks.numpy(), clip.truth.numpy()
@@ -189,6 +192,17 @@ def _demo(args: argparse.Namespace, progress: _Progress) -> int:
     return 0
 
 
+# Peak memory of the weight-free path (clip, truth, flows, prior, blend, Telea baseline, encoders)
+# per frame pixel, plus the interpreter and libraries: the slope and the base measured with
+# `/usr/bin/time -v python -m rrdpo_core demo --frames 16|48` (122 B/pixel, 270 MiB), rounded up.
+_BYTES_PER_FRAME_PIXEL = 128
+_BASE_BYTES = 300 * 2**20
+
+
+def _memory_need(frames: int, height: int, width: int) -> int:
+    return int(frames) * int(height) * int(width) * _BYTES_PER_FRAME_PIXEL + _BASE_BYTES
+
+
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=float))
@@ -201,14 +215,29 @@ def _remove(args: argparse.Namespace, progress: _Progress) -> int:
     from .prior import flow_propagation_prior
     from .video_io import read_masks, read_video, write_video
 
+    from .validate import check_memory, check_writable_output
+
     if args.mask_dilation < 0:
         raise RrdpoInputError(f"--mask-dilation must be >= 0, got {args.mask_dilation}")
-    out_path = Path(args.out)
+    if args.fps is not None and not args.fps > 0:
+        raise RrdpoInputError(f"--fps must be a positive number, got {args.fps}")
+    for flag, value in (("--video", args.video), ("--mask", args.mask)):
+        if not Path(value).exists():
+            raise FileNotFoundError(f"{flag} {value}: no such file or folder")
+    # Fail now, not after the whole clip was processed, when the result cannot be written.
+    out_path = check_writable_output(args.out, "--out")
     video = read_video(args.video, max_frames=args.max_frames)
     frames = video.frames.numpy()
     length, height, width = frames.shape[:3]
     fps = args.fps or video.fps
-    raw = read_masks(args.mask, max_frames=args.max_frames).numpy()
+    # The frames are in memory already; what follows needs the rest of the per-pixel budget.
+    check_memory(_memory_need(length, height, width) - frames.nbytes - _BASE_BYTES,
+                 f"removing from {args.video} ({length} frames {width}x{height})",
+                 "cut the clip with --max-frames or process it in parts")
+    notes: list[str] = []
+    raw = read_masks(args.mask, max_frames=args.max_frames, notes=notes).numpy()
+    for note in notes:
+        print(f"note: {note}")
     if raw.shape[1:] != (height, width):
         print(f"note: masks are {raw.shape[2]}x{raw.shape[1]}, frames {width}x{height}: masks resized (nearest)")
         raw = np.stack([cv2.resize(m.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0

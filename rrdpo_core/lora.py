@@ -78,9 +78,13 @@ def read_kohya_lora(path: PathLike) -> dict[str, torch.Tensor]:
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: only .safetensors LoRA files are read (no pickles); convert it first")
     try:
-        return load_file(str(path), device="cpu")
+        tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as err:
         raise ValueError(f"{path} is not a complete safetensors file ({err}); download it again") from err
+    from .validate import check_finite_tensors
+
+    check_finite_tensors(tensors, str(path), "the LoRA file is damaged; download it again")
+    return tensors
 
 
 def parse_kohya_lora(unet: nn.Module, state_dict: Mapping[str, torch.Tensor], *,
@@ -93,6 +97,9 @@ def parse_kohya_lora(unet: nn.Module, state_dict: Mapping[str, torch.Tensor], *,
     """
     if not state_dict:
         raise ValueError("the LoRA state dict is empty")
+    from .validate import check_finite_tensors
+
+    check_finite_tensors(state_dict, "the LoRA state dict", "pass a LoRA without NaN/inf weights")
     foreign = sorted(k for k in state_dict if not k.startswith(_PREFIX))
     if foreign:
         te = [k for k in foreign if k.startswith("lora_te")]

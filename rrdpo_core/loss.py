@@ -26,6 +26,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .validate import check_zone_partition
 from .zones import Zones
 
 __all__ = [
@@ -171,8 +172,10 @@ def region_reg_dpo_loss(
         pred_win, pred_lose: ε predictions of the trained model, shape ``(B, ...)``.
         ref_win, ref_lose: ε predictions of the frozen reference (gradients are not taken).
         target_win, target_lose: ε targets (with GT pairs both are the same noise draw).
-        zones: a :class:`Zones` or a sequence of K disjoint 0/1 masks broadcastable to the
-            prediction shape (batch first, same number of dimensions).
+        zones: a :class:`Zones` or a sequence of K masks broadcastable to the prediction shape
+            (batch first, same number of dimensions) that partition it: values in [0, 1] summing to
+            1 at every element (within ``rrdpo_core.validate.ZONE_TOLERANCE``, for soft zones).
+            Overlapping zones or gaps raise :class:`rrdpo_core.errors.RrdpoInputError`.
         alpha: K DPO weights (inside the sigmoid).
         rho: K SFT anchor weights (outside the sigmoid).
         beta: the single multiplier of ``s`` (seed β' = β·T·ω folded in); > 0.
@@ -203,6 +206,10 @@ def region_reg_dpo_loss(
         raise ValueError(f"beta: must be a finite positive number, got {beta}")
 
     masks, names = _zone_masks(zones, shape)
+    if not isinstance(zones, Zones) or not zones.checked:
+        # Zones from decompose_zones are a partition by construction; anything else is checked
+        # (the loss is the plain MSE split by zone only when every element is in exactly one zone).
+        check_zone_partition(masks)
     k = len(masks)
     device = pred_win.device
     dtype = _reduce_dtype(pred_win.dtype)

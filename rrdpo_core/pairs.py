@@ -240,7 +240,9 @@ class PairDataset:
                 f"{self.root} is not a preference-pair folder (no {DATASET_FILE}); build one with "
                 f"rrdpo_core.pairs.build_preference_pairs"
             )
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        from .validate import read_json_object
+
+        meta = read_json_object(meta_path, "rebuild the pairs into a new folder (or restore the file from a copy)")
         if meta.get("format") != PAIRS_FORMAT:
             raise ValueError(f"{meta_path}: format is {meta.get('format')!r}, expected {PAIRS_FORMAT!r}")
         if int(meta.get("version", 0)) > PAIRS_VERSION:
@@ -266,15 +268,14 @@ class PairDataset:
         return self.root / SAMPLES_DIR / self.entries[i].file
 
     def load(self, i: int, keys: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        """Tensors of pair ``i`` (all, or only ``keys``): winner/loser uint8 (T,H,W,3), mask uint8 (T,H,W)."""
-        from safetensors import safe_open
+        """Tensors of pair ``i`` (all, or only ``keys``): winner/loser uint8 (T,H,W,3), mask uint8 (T,H,W).
 
-        with safe_open(str(self.path(i)), framework="pt") as f:
-            names = list(f.keys()) if keys is None else list(keys)
-            missing = [k for k in names if k not in f.keys()]
-            if missing:
-                raise KeyError(f"{self.path(i)} has no tensor(s) {missing} (stored: {sorted(f.keys())})")
-            return {k: f.get_tensor(k) for k in names}
+        A damaged sample file (truncated, a missing tensor, NaN/inf latents) raises an error that
+        names it and says how to rebuild it (:func:`rrdpo_core.validate.read_pair_sample`).
+        """
+        from .validate import read_pair_sample
+
+        return read_pair_sample(self.path(i), keys)
 
     def text_embeds(self) -> torch.Tensor | None:
         path = self.root / TEXT_FILE

@@ -578,6 +578,12 @@ class DiffuEraserPipeline:
 
         # 4. sampling, 5. decoding
         latents = self._sample(run, latents, cond, sets)
+        if not bool(torch.isfinite(latents).all()):
+            # Caught here, the cause is named; later it would surface as "NaN frames" blamed on the input.
+            raise RrdpoInputError(
+                "the sampler produced NaN/inf latents: the model weights or an applied LoRA hold NaN/inf values, or "
+                f"{self.model.dtype} overflowed. Re-download the weights, check the LoRA (load_region_lora refuses "
+                "damaged files) or lower its strength, or run in bf16/fp32")
         out_frames = self.decode_latents(latents, cancel, tick) if decode else None
         return PipelineOutput(out_frames, latents.cpu(), rng.seed, timesteps, keyframes)
 

@@ -460,6 +460,11 @@ def load_region_lora(path: str | os.PathLike) -> RegionLora:
     sd = _from_diffusers_keys(tensors, str(path))
     if not sd:
         raise ValueError(f"{path}: the file holds no LoRA tensors")
+    from .validate import check_finite_tensors
+
+    # A NaN in one LoRA matrix turns every sampled frame into NaN; refuse the file here, by name.
+    check_finite_tensors(tensors, str(path), "the LoRA is damaged (or its training diverged): use an earlier "
+                                             "checkpoint's lora.safetensors, or retrain it")
     return RegionLora(state_dict=sd, info=info, path=path)
 
 
@@ -499,7 +504,12 @@ def apply_region_lora(
     :class:`BaseModelMismatchError` for a LoRA trained on another base model.
     """
     unet = _unet_of(model)
-    lora = lora if isinstance(lora, RegionLora) else load_region_lora(lora)
+    if isinstance(lora, RegionLora):
+        from .validate import check_finite_tensors
+
+        check_finite_tensors(lora.state_dict, str(lora.path or "the LoRA"), "pass a LoRA without NaN/inf weights")
+    else:
+        lora = load_region_lora(lora)  # checks the file, NaN/inf included
     strength = float(strength)
     if not torch.isfinite(torch.tensor(strength)):
         raise ValueError(f"strength: must be a finite number, got {strength}")

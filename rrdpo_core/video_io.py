@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .errors import RrdpoInputError
+from .validate import last_error_lines
 
 __all__ = [
     "IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "Video", "as_frames", "as_masks", "to_tensor",
@@ -35,6 +36,9 @@ __all__ = [
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".gif")
 DEFAULT_FPS = 24.0
+# Float frames slightly outside [0, 1] (resampling overshoot) are clipped; beyond this they are
+# almost surely 0..255 values, which clipping would turn white.
+_FLOAT_RANGE_LIMIT = 2.0
 
 
 # ------------------------------------------------------------------------------------------
@@ -44,7 +48,8 @@ DEFAULT_FPS = 24.0
 def as_frames(frames: torch.Tensor | np.ndarray, name: str = "frames") -> np.ndarray:
     """Check a video and return it as a C-contiguous float32 numpy array ``(T, H, W, 3)`` in [0, 1].
 
-    Accepts torch or numpy, float (assumed in [0, 1]; clipped) or uint8 (divided by 255), with 3
+    Accepts torch or numpy, float in [0, 1] (overshoot up to 2 is clipped; more is an error, as
+    0..255 floats would turn white) or uint8 (divided by 255), with 3
     or 4 channels (alpha dropped); a single ``(H, W, 3)`` image is one frame. NaN or infinite
     values are an error, because every later step (flow, blending, VAE) would spread them.
     """
@@ -66,14 +71,21 @@ def as_frames(frames: torch.Tensor | np.ndarray, name: str = "frames") -> np.nda
     arr = arr[..., :3]
     if arr.dtype == np.uint8:
         return np.ascontiguousarray(arr, dtype=np.float32) / np.float32(255.0)
-    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.number):
-        raise RrdpoInputError(f"{name}: expected float or uint8 pixels, got dtype {arr.dtype}")
+    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.floating):
+        # Other integer types are ambiguous (0..255? 0..65535? 0/1?): ask for an explicit scale.
+        raise RrdpoInputError(f"{name}: expected float pixels in [0, 1] or uint8 0..255, got dtype {arr.dtype}; "
+                              "convert them (e.g. frames.float() / 255 for 8-bit values)")
     out = np.asarray(arr, dtype=np.float32)
     finite = np.isfinite(out).reshape(out.shape[0], -1).all(axis=1)
     if not finite.all():
         bad = np.flatnonzero(~finite)
         raise RrdpoInputError(f"{name}: frame(s) {bad[:8].tolist()} contain NaN or infinite values; "
                               "fix or drop those frames (a decoder or an upstream node produced them)")
+    peak = float(out.max())
+    if peak > _FLOAT_RANGE_LIMIT:
+        # Clipping 0..255 floats to [0, 1] would give a white video without a word.
+        raise RrdpoInputError(f"{name}: float pixels reach {peak:g}, but frames must be in [0, 1]; if they are "
+                              "0..255 values, divide by 255")
     return np.ascontiguousarray(np.clip(out, 0.0, 1.0))
 
 
@@ -81,9 +93,11 @@ def as_masks(masks: torch.Tensor | np.ndarray, length: int, height: int, width: 
              name: str = "masks") -> np.ndarray:
     """Check hole masks against a video and return bool ``(T, H, W)`` (True = hole).
 
-    A pixel is hole where the mask is > 0.5 (so 0/1 floats, bools and 0/255 after scaling all
-    work; uint8 masks are read as 0/255). ``(T, H, W, C)`` masks are reduced with max over C.
-    A single ``(H, W)`` or ``(1, H, W)`` mask applies to every frame.
+    A pixel is hole where the mask is > 0.5 (so 0/1 floats and bools work). uint8 masks are read
+    as 0/255 (hole > 127), except that a uint8 mask whose maximum is 1 is read as 0/1 (label
+    tools and DAVIS-style files store 1 = hole; reading them as 0/255 would silently give an
+    empty mask). ``(T, H, W, C)`` masks are reduced with max over C. A single ``(H, W)`` or
+    ``(1, H, W)`` mask applies to every frame.
     """
     if isinstance(masks, torch.Tensor):
         arr = masks.detach().cpu()
@@ -109,7 +123,7 @@ def as_masks(masks: torch.Tensor | np.ndarray, length: int, height: int, width: 
     if arr.dtype == np.bool_:
         return np.ascontiguousarray(arr)
     if arr.dtype == np.uint8:
-        return np.ascontiguousarray(arr > 127)
+        return np.ascontiguousarray(arr > (0 if int(arr.max(initial=0)) == 1 else 127))
     arr = np.asarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
         raise RrdpoInputError(f"{name}: contain NaN or infinite values; pass a 0/1 hole mask")
@@ -177,8 +191,13 @@ def _read_video_file(path: Path, max_frames: int | None) -> tuple[np.ndarray, fl
                 if max_frames is not None and len(frames) >= max_frames:
                     reader.close()
                     break
-        except (RuntimeError, OSError, StopIteration) as err:
-            raise RrdpoInputError(f"{path}: ffmpeg could not decode this video ({err})") from err
+        except StopIteration as err:
+            raise RrdpoInputError(f"{path}: ffmpeg found no video stream in this file; give a video "
+                                  f"({', '.join(VIDEO_EXTENSIONS)}) or a folder of frames") from err
+        except (RuntimeError, OSError) as err:
+            raise RrdpoInputError(f"{path}: ffmpeg could not decode this file ({last_error_lines(str(err))}); check "
+                                  "that it is a complete video (re-export or re-download it), or give a folder of "
+                                  "frames") from None
     else:  # pragma: no cover
         cap = cv2.VideoCapture(str(path))
         if not cap.isOpened():
@@ -199,8 +218,8 @@ def _read_any(path: str | os.PathLike, max_frames: int | None, gray: bool) -> tu
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file or folder")
-    if p.is_dir():
-        files = _image_files(p)[:max_frames]
+    if p.is_dir() or p.suffix.lower() in IMAGE_EXTENSIONS:
+        files = _image_files(p)[:max_frames] if p.is_dir() else [p]
         if gray:
             imgs = [_read_image(f, cv2.IMREAD_UNCHANGED) for f in files]
             imgs = [i if i.ndim == 2 else i[..., :3].max(axis=-1) for i in imgs]
@@ -210,11 +229,11 @@ def _read_any(path: str | os.PathLike, max_frames: int | None, gray: bool) -> tu
         if len(shapes) > 1:
             raise RrdpoInputError(f"{p}: frames have different sizes {sorted(shapes)[:3]}; all frames must match")
         if any(i.dtype != np.uint8 for i in imgs):
-            imgs = [cv2.convertScaleAbs(i, alpha=255.0 / max(1, np.iinfo(i.dtype).max)) for i in imgs]
+            # 16-bit masks holding 0/1 labels stay 0/1 (scaling them to 8 bits would round them to 0).
+            labels = gray and all(int(i.max(initial=0)) <= 1 for i in imgs)
+            scale = [255.0 / max(1, np.iinfo(i.dtype).max) for i in imgs]
+            imgs = [i.astype(np.uint8) if labels else cv2.convertScaleAbs(i, alpha=a) for i, a in zip(imgs, scale)]
         return np.stack(imgs), DEFAULT_FPS
-    if p.suffix.lower() in IMAGE_EXTENSIONS:
-        img = _read_image(p, cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR)
-        return (img[None] if gray else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)[None]), DEFAULT_FPS
     rgb, fps = _read_video_file(p, max_frames)
     return (rgb.max(axis=-1) if gray else rgb), fps
 
@@ -229,15 +248,30 @@ def read_video(path: str | os.PathLike, max_frames: int | None = None) -> Video:
 
 
 def read_masks(path: str | os.PathLike, size: tuple[int, int] | None = None, max_frames: int | None = None,
-               threshold: int = 127) -> torch.Tensor:
+               threshold: int = 127, notes: list[str] | None = None) -> torch.Tensor:
     """Read hole masks as bool ``(T, H, W)`` (True = hole) from a video, a folder or one image.
 
     A pixel is hole where its brightest channel is above ``threshold`` (0..255): mask videos are
-    usually lossy, so a mid-grey threshold ignores compression noise. ``size = (height, width)``
-    resizes with nearest neighbour (as DiffuEraser does with its mask video).
+    usually lossy, so a mid-grey threshold ignores compression noise. Mask images (a folder or one
+    file) whose maximum over all frames is 1 are 0/1 label images (DAVIS-style PNGs, most
+    labelling tools): they are read as 0/1 (hole > 0), not as an empty 0/255 mask. A mask that is not all zero but never reaches
+    the threshold is read as empty, with a note saying so. ``size = (height, width)`` resizes
+    with nearest neighbour (as DiffuEraser does with its mask video). ``notes`` (a list), when
+    given, receives one line per such decision, for the caller to show.
     """
     gray, _ = _read_any(path, max_frames, gray=True)
-    masks = gray > threshold
+    peak = int(gray.max(initial=0))
+    # Only image files hold exact labels; in a lossy mask video a stray 1 is compression noise.
+    images = Path(path).is_dir() or Path(path).suffix.lower() in IMAGE_EXTENSIONS
+    if peak == 1 and images:
+        masks = gray > 0
+        if notes is not None:
+            notes.append(f"{path}: mask values are 0/1 (maximum 1), read as 0/1 labels (1 = hole), not 0/255")
+    else:
+        masks = gray > threshold
+        if 0 < peak <= threshold and notes is not None:
+            notes.append(f"{path}: the brightest mask pixel is {peak}, not above the threshold {threshold}: read as an "
+                         f"empty mask. If it stores labels 0..{peak}, write it as 0/255 (hole = white)")
     if size is not None and tuple(masks.shape[1:]) != tuple(size):
         h, w = size
         masks = np.stack([cv2.resize(m.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
@@ -312,12 +346,16 @@ def write_video(path: str | os.PathLike, frames: torch.Tensor | np.ndarray | Ite
         writer = imageio_ffmpeg.write_frames(
             str(tmp), (w, h), fps=float(fps), codec="libx264", pix_fmt_out=pix_fmt, quality=None,
             macro_block_size=1, output_params=["-crf", str(int(crf))], ffmpeg_log_level="error")
-        writer.send(None)
         try:
-            for frame in data:
-                writer.send(np.ascontiguousarray(frame).tobytes())
-        finally:
-            writer.close()
+            writer.send(None)
+            try:
+                for frame in data:
+                    writer.send(np.ascontiguousarray(frame).tobytes())
+            finally:
+                writer.close()
+        except (OSError, RuntimeError) as err:
+            raise RrdpoInputError(f"{path}: ffmpeg could not write the video ({last_error_lines(str(err))}); check the "
+                                  "free disk space, or write a folder of PNG frames instead") from None
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

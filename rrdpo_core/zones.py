@@ -16,7 +16,7 @@ shape are processed frame by frame on the CPU and returned on the input's device
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import cv2
@@ -32,11 +32,27 @@ LATENT_FACTOR = 8  # SD1.5 VAE downscale
 
 @dataclass(frozen=True)
 class Zones:
-    """Hole / boundary / context masks, float tensors of one shape, disjoint, summing to 1."""
+    """Hole / boundary / context masks, float tensors of one shape, disjoint, summing to 1.
+
+    Built by hand, they are checked to be a partition (values in [0, 1] summing to 1 everywhere,
+    within ``rrdpo_core.validate.ZONE_TOLERANCE``); :func:`decompose_zones` builds them exactly
+    and skips the check (``checked=True``).
+    """
 
     hole: torch.Tensor
     boundary: torch.Tensor
     context: torch.Tensor
+    checked: bool = field(default=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.checked:
+            from .validate import check_zone_partition
+
+            shapes = {tuple(z.shape) for z in self.as_tuple()}
+            if len(shapes) != 1:
+                raise ValueError(f"Zones: hole, boundary and context must have one shape, got {sorted(shapes)}")
+            check_zone_partition(self.as_tuple(), where="Zones(hole, boundary, context)")
+            object.__setattr__(self, "checked", True)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         return iter((self.hole, self.boundary, self.context))
@@ -48,7 +64,7 @@ class Zones:
         return (self.hole, self.boundary, self.context)
 
     def to(self, *args, **kwargs) -> "Zones":
-        return Zones(*(z.to(*args, **kwargs) for z in self))
+        return Zones(*(z.to(*args, **kwargs) for z in self), checked=self.checked)
 
     def stack(self, dim: int = 0) -> torch.Tensor:
         """The three masks stacked along ``dim`` (``dim=0`` gives shape ``(3, *mask.shape)``)."""
@@ -122,4 +138,5 @@ def decompose_zones(mask: torch.Tensor | np.ndarray, band_px: int = 8, latent: b
     def back(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a).reshape(*lead, *a.shape[-2:]).to(device=device, dtype=out_dtype)
 
-    return Zones(hole=back(hole_np), boundary=back(boundary_np), context=back(context_np))
+    # A partition by construction: hole + (grown - hole) + (1 - grown) == 1 exactly.
+    return Zones(hole=back(hole_np), boundary=back(boundary_np), context=back(context_np), checked=True)

@@ -57,6 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     from ..pairs import PairDataset
     from .trainer import _Dist, run_training
 
+    # The pairs are checked first: a wrong folder should not cost a model load.
+    dataset = PairDataset(cfg.pairs_dir)
+    if len(dataset) == 0:  # before the latents/VAE question, which an empty folder cannot answer
+        raise SystemExit(f"{cfg.pairs_dir} holds no preference pairs (dataset.json but no complete sample in "
+                         f"samples/); build them with rrdpo_core.pairs.build_preference_pairs or the Build Preference "
+                         f"Pairs node, then train")
+    if not dataset.has_latents and not cfg.vae_path:
+        raise SystemExit(f"{cfg.pairs_dir} stores no latents: set 'vae_path' in the config to encode the frames")
     # The process group and device come first: each process loads the model onto its own device.
     dist = _Dist(torch.device(cfg.device) if cfg.device else None, cfg.device == "cpu")
     device = dist.device
@@ -66,7 +74,6 @@ def main(argv: list[str] | None = None) -> int:
         from ..lora import apply_kohya_lora
 
         apply_kohya_lora(model.unet, Path(cfg.pcm_lora), adapter_name="pcm")
-    dataset = PairDataset(cfg.pairs_dir)
     text = None
     if cfg.text_embeds:
         from ..pipeline import load_text_embeds
@@ -109,4 +116,10 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    sys.exit(main())
+    from ..errors import RrdpoInputError
+
+    try:
+        sys.exit(main())
+    except (RrdpoInputError, FileNotFoundError) as err:  # bad input or a damaged file: the message says which
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

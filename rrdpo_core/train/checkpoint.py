@@ -25,11 +25,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..errors import RrdpoInputError
 from .atomic import TMP_MARK, fsync_dir, is_temp_name
 
 __all__ = [
     "CHECKPOINTS_DIR",
     "Checkpoint",
+    "CheckpointDamagedError",
+    "CheckpointFallbackWarning",
+    "latest_good_checkpoint",
     "capture_rng_state",
     "restore_rng_state",
     "checkpoint_path",
@@ -177,18 +181,73 @@ def write_checkpoint(
     return final
 
 
+class CheckpointDamagedError(RrdpoInputError):
+    """A checkpoint folder exists but one of its files cannot be read (truncated, garbage, not ours).
+
+    ``file`` is the damaged file and ``problem`` what is wrong with it (the message adds the fix).
+    """
+
+    def __init__(self, message: str, file: Path | None = None, problem: str = ""):
+        super().__init__(message)
+        self.file, self.problem = file, problem
+
+
+class CheckpointFallbackWarning(UserWarning):
+    """resume='auto' skipped a damaged newest checkpoint and resumed from an earlier one."""
+
+
+def _damaged(path: Path, name: str, what: str) -> CheckpointDamagedError:
+    earlier = [p for s, p in list_checkpoints(path.parent.parent) if s < (_step_of(path) or 0)]
+    fix = (f"resume='auto' falls back to the previous good one ({earlier[-1].name}); or delete {path}"
+           if earlier else f"delete {path} and start the run again (there is no earlier checkpoint)")
+    return CheckpointDamagedError(f"training checkpoint {path / name} is damaged: {what}; {fix}", path / name, what)
+
+
+def _load_pt(path: Path, name: str) -> Any:
+    import pickle
+    import zipfile
+
+    try:
+        return torch.load(path / name, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # weights_only refuses anything but tensors and plain containers; this trainer never
+        # writes anything else, so the file was replaced (never unpickle it to see what it is).
+        raise _damaged(path, name, "it holds Python objects other than tensors and numbers (refused, loading it "
+                                   "could run code); this trainer never writes such files, so it was replaced") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise _damaged(path, name, f"truncated or not a torch file ({first})") from None
+
+
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint folder; a damaged file raises :class:`CheckpointDamagedError` naming it."""
     path = Path(path)
     if not (path / "state.json").is_file():
         raise FileNotFoundError(
             f"{path} is not a complete training checkpoint (no state.json); pass a folder like "
             f"<out_dir>/{CHECKPOINTS_DIR}/{_PREFIX}00000100 or resume='auto'"
         )
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise _damaged(path, "state.json", "not a text (JSON) file") from None
+    except json.JSONDecodeError as err:
+        raise _damaged(path, "state.json", f"not valid JSON ({err})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise _damaged(path, "state.json", "no integer 'step' in it")
+    if not (path / "lora.safetensors").is_file():
+        raise _damaged(path, "lora.safetensors", "the file is missing")
+    from ..region_lora import load_region_lora
+
+    try:
+        load_region_lora(path / "lora.safetensors")  # also refuses NaN/inf weights
+    except ValueError as err:
+        # The loader's message starts with the path (already named) and ends with its own advice.
+        raise _damaged(path, "lora.safetensors", str(err).split(": ", 1)[-1].split("; ")[0][:300]) from None
 
     def load(name: str) -> Any:
-        return torch.load(path / name, map_location="cpu", weights_only=True)
+        return _load_pt(path, name)
 
-    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     return Checkpoint(
         path=path,
         step=int(state["step"]),
@@ -198,3 +257,33 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         scaler=load("scaler.pt"),
         rng=load("rng.pt"),
     )
+
+
+def latest_good_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """The newest checkpoint that reads completely; damaged newer ones are skipped with a warning.
+
+    Checkpoints are written atomically, so damage means a disk fault or a hand-edited file. The
+    run falls back to the previous good one (and says which, as a :class:`CheckpointFallbackWarning`);
+    writing that step again later replaces the damaged folder. When every checkpoint is damaged
+    this raises :class:`CheckpointDamagedError` rather than silently starting over.
+    """
+    import warnings
+
+    found = list_checkpoints(out_dir)
+    problems: list[str] = []
+    for _, path in reversed(found):
+        try:
+            read_checkpoint(path)
+        except CheckpointDamagedError as err:
+            problems.append(f"{err.file} ({err.problem})")
+            continue
+        if problems:
+            warnings.warn(f"resuming from {path} (the previous good checkpoint): skipped {len(problems)} damaged "
+                          f"newer one(s): {' | '.join(problems)}", CheckpointFallbackWarning, stacklevel=2)
+        return path
+    if problems:
+        raise CheckpointDamagedError(
+            f"every checkpoint in {Path(out_dir) / CHECKPOINTS_DIR} is damaged ({' | '.join(problems)}); delete that "
+            f"folder to start the run over, or train into another out_dir"
+        )
+    return None

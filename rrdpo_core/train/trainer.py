@@ -58,6 +58,7 @@ from ..zones import LATENT_FACTOR, ZONE_NAMES, decompose_zones
 from .checkpoint import (
     capture_rng_state,
     latest_checkpoint,
+    latest_good_checkpoint,
     list_checkpoints,
     prune_checkpoints,
     read_checkpoint,
@@ -562,7 +563,7 @@ class _Trainer:
                 )
             path = None
         elif cfg.resume == "auto":
-            path = latest_checkpoint(self.out_dir)
+            path = latest_good_checkpoint(self.out_dir)  # skips (and names) damaged newer checkpoints
         else:
             path = Path(cfg.resume)
         if path is None:
