@@ -8,7 +8,10 @@ without any learned weights:
 2. **Sources** (:mod:`.sources`): one sweep towards the past and one towards the future give
    every hole pixel up to ``candidates_per_direction`` frames that saw its background, following
    the completed (background) motion and cut at occlusions (forward-backward test) - not just
-   the nearest frame, which may show a moving object there.
+   the nearest frame, which may show a moving object there. Each source weighs by its temporal
+   distance and by how well its own motion (raw DIS) agrees with the background motion there
+   (the completed flow, :func:`.motion.motion_agreement`): an object that moves unlike the
+   background, or stands still while the camera pans, gets a weight near 0.
 3. **Fusion** (:mod:`.fusion`): the candidate colours are fused robustly (weighted medoid and
    the cluster that agrees with it), so an object crossing the source location in some of the
    frames is outvoted, then matched to the frame they land in: the mismatch on a ring of known
@@ -37,7 +40,7 @@ from ..errors import Cancelled, RrdpoInputError
 from ..video_io import as_frames, as_masks, to_tensor
 from .fusion import KnownSampler, colour_offset, fuse_candidates, ring_of, spatial_fill
 from .membrane import harmonic_fill
-from .motion import DIS_PRESETS, completed_flows
+from .motion import DIS_PRESETS, completed_flows, motion_agreement, motion_check_stack
 from .preview import SOURCE_COPIED, SOURCE_FUSED, SOURCE_KNOWN, SOURCE_SPATIAL
 from .sources import track_sources
 
@@ -76,7 +79,6 @@ class PriorSettings:
     sigma: float
     tolerance: float
     ring: int
-    ring_sigma: float
 
 
 class _Steps:
@@ -163,8 +165,7 @@ def flow_propagation_prior(
         raise RrdpoInputError(f"fusion_tolerance must lie in (0, 1] and colour_ring be >= 0, got "
                               f"{fusion_tolerance} and {colour_ring}")
     settings = PriorSettings(slots=int(candidates_per_direction), gap=int(candidate_gap), sigma=float(fusion_sigma),
-                             tolerance=float(fusion_tolerance), ring=int(colour_ring),
-                             ring_sigma=max(1.0, float(colour_ring)))
+                             tolerance=float(fusion_tolerance), ring=int(colour_ring))
 
     hole_count = int(holes.sum())
     if hole_count == 0:
@@ -239,8 +240,9 @@ def targets_of(holes: np.ndarray, ring: int) -> tuple[list[tuple[np.ndarray, np.
 def _propagate_numpy(video: np.ndarray, holes: np.ndarray, fwd, bwd, cfg: PriorSettings,
                      step: Callable[[], None]) -> tuple[np.ndarray, np.ndarray, float]:
     """Steps 2-4 with NumPy and OpenCV; writes into ``video`` inside the holes only."""
-    length = holes.shape[0]
+    length, height, width = holes.shape
     targets, hole_counts = targets_of(holes, cfg.ring)
+    checks = (motion_check_stack(fwd, bwd, towards_past=True), motion_check_stack(fwd, bwd, towards_past=False))
     past = track_sources(holes, fwd, bwd, targets, forward=True, slots=cfg.slots, gap=cfg.gap, step=step)
     future = track_sources(holes, fwd, bwd, targets, forward=False, slots=cfg.slots, gap=cfg.gap, step=step)
     # ``video`` is read only outside the holes and written only inside them, so one array
@@ -261,14 +263,20 @@ def _propagate_numpy(video: np.ndarray, holes: np.ndarray, fwd, bwd, cfg: PriorS
             colours = np.zeros(src_frame.shape + (3,), np.float32)
             sampled, ok = sampler.sample(src_frame[valid], src_x[valid], src_y[valid])
             colours[valid] = sampled
+            # Each source weighs by temporal distance and by how well its motion is the background's.
+            agree = np.zeros(src_frame.shape, np.float32)
+            for rows, stack in ((slice(0, cfg.slots), checks[0]), (slice(cfg.slots, None), checks[1])):
+                sel = valid[rows]
+                agree[rows][sel] = motion_agreement(stack, (height, width), src_frame[rows][sel], src_x[rows][sel],
+                                                    src_y[rows][sel])
             valid[valid] = ok
-            weights = np.where(valid, np.exp(-np.abs(src_frame - t) / cfg.sigma), 0.0).astype(np.float32)
+            weights = np.where(valid, np.exp(-np.abs(src_frame - t) / cfg.sigma) * agree, 0.0).astype(np.float32)
             fused, count = fuse_candidates(colours, weights, cfg.tolerance)
             hole_fused, hole_count_ = fused[:n_hole], count[:n_hole]
             got = hole_count_ > 0
             if cfg.ring > 0:
                 offset = colour_offset(video[t], holes[t], ys[n_hole:], xs[n_hole:], fused[n_hole:],
-                                       count[n_hole:] > 0, cfg.ring, cfg.ring_sigma)
+                                       count[n_hole:] > 0)
                 if offset is not None:
                     hole_fused = hole_fused + offset[ys[:n_hole], xs[:n_hole]]
             hy, hx = ys[:n_hole][got], xs[:n_hole][got]

@@ -21,7 +21,8 @@ import numpy as np
 
 from .membrane import harmonic_fill
 
-__all__ = ["DIS_PRESETS", "FlowField", "completed_flows", "consistent", "bilinear", "working_size"]
+__all__ = ["DIS_PRESETS", "FlowField", "completed_flows", "consistent", "bilinear", "working_size", "motion_check_stack",
+           "MOTION_SIGMA_PX", "MOTION_SIGMA_REL"]
 
 DIS_PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
@@ -33,8 +34,13 @@ DIS_PRESETS = {
 # |f + b|^2 <= alpha (|f|^2 + |b|^2) + beta, in full-resolution pixels.
 CONSISTENCY_ALPHA = 0.01
 CONSISTENCY_BETA = 0.5
+# Motion check of a source: its own (raw DIS) motion against the background motion there (the
+# completed flow), with a tolerance of 1 px plus 10 % of the motion - DIS's sub-pixel accuracy on
+# texture and the same relative slack as the forward-backward test (sqrt(alpha) = 0.1).
+MOTION_SIGMA_PX = 1.0
+MOTION_SIGMA_REL = 0.1
 _MIN_RING_POINTS = 16
-_MAX_RING_POINTS = 1500
+_MAX_RING_POINTS = 400
 _MIN_RING_WIDTH = 8
 
 
@@ -67,8 +73,9 @@ def bilinear(field_: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 class FlowField:
     """A low-resolution flow field read at full-resolution positions, in full-resolution pixels."""
 
-    def __init__(self, flow: np.ndarray, full_hw: tuple[int, int]):
+    def __init__(self, flow: np.ndarray, full_hw: tuple[int, int], raw: np.ndarray | None = None):
         self.flow = flow
+        self.raw = flow if raw is None else raw  # DIS before completion (for the motion check)
         self.full_hw = full_hw
         h, w = flow.shape[:2]
         self.sx = full_hw[1] / w
@@ -123,6 +130,7 @@ def completed_flows(video: np.ndarray, holes: np.ndarray, downscale: float, pres
         region = regions[t] | regions[t + 1]
         f = dis.calc(grays[t], grays[t + 1], None)
         b = dis.calc(grays[t + 1], grays[t], None)
+        raw_f, raw_b = f, b
         if region.all():
             f = np.zeros_like(f)  # nothing to measure motion on
             b = np.zeros_like(b)
@@ -130,8 +138,8 @@ def completed_flows(video: np.ndarray, holes: np.ndarray, downscale: float, pres
             geometry = _holes_and_rings(region)
             f = _complete_flow(f, region, geometry)
             b = _complete_flow(b, region, geometry)
-        fwd.append(FlowField(f, (height, width)))
-        bwd.append(FlowField(b, (height, width)))
+        fwd.append(FlowField(f, (height, width), raw_f))
+        bwd.append(FlowField(b, (height, width), raw_b))
         step()
     return fwd, bwd
 
@@ -206,3 +214,54 @@ def _complete_flow(flow: np.ndarray, region: np.ndarray, holes: list[_Hole]) -> 
         out[hole.ys, hole.xs, 0] = model[0, 0] * xs + model[0, 1] * ys + model[0, 2] - xs
         out[hole.ys, hole.xs, 1] = model[1, 0] * xs + model[1, 1] * ys + model[1, 2] - ys
     return out
+
+
+def motion_check_stack(fwd: list[FlowField], bwd: list[FlowField], towards_past: bool) -> np.ndarray:
+    """Per frame ``s``, low-resolution ``(raw - completed, completed)`` flow ``(T, h, w, 4)``.
+
+    A source in frame ``s`` found towards the past is checked on the motion ``s -> s - 1`` (the
+    point keeps moving away from the hole it was tracked out of; ``s -> s + 1`` would measure
+    it against the filled hole), a source towards the future on ``s -> s + 1``. At the clip's end
+    the other neighbour is used. Where the flow was not completed the difference is zero: the
+    check only acts near holes, where the completed flow is the background's.
+    """
+    length = len(fwd) + 1
+    out = []
+    for s in range(length):
+        if towards_past:
+            field = bwd[s - 1] if s >= 1 else fwd[0]
+        else:
+            field = fwd[s] if s < length - 1 else bwd[length - 2]
+        out.append(np.concatenate([field.raw - field.flow, field.flow], axis=-1))
+    return np.stack(out).astype(np.float32)
+
+
+def bilinear_frames(stack: np.ndarray, f: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Sample ``stack`` ``(T, h, w, C)`` at frames ``f`` and positions ``(x, y)`` (border clamped) -> ``(N, C)``."""
+    _, h, w, _ = stack.shape
+    x = np.clip(x, 0, w - 1)
+    y = np.clip(y, 0, h - 1)
+    x0 = np.floor(x).astype(np.int64)
+    y0 = np.floor(y).astype(np.int64)
+    x1 = np.minimum(x0 + 1, w - 1)
+    y1 = np.minimum(y0 + 1, h - 1)
+    wx = (x - x0)[:, None].astype(np.float32)
+    wy = (y - y0)[:, None].astype(np.float32)
+    top = stack[f, y0, x0] * (1 - wx) + stack[f, y0, x1] * wx
+    bottom = stack[f, y1, x0] * (1 - wx) + stack[f, y1, x1] * wx
+    return top * (1 - wy) + bottom * wy
+
+
+def motion_agreement(stack: np.ndarray, full_hw: tuple[int, int], f: np.ndarray, x: np.ndarray,
+                     y: np.ndarray) -> np.ndarray:
+    """Weight in (0, 1] of each source: how well its own motion agrees with the background's there.
+
+    A source showing an object that moves unlike the background (or stands still while the
+    camera pans) gets a weight near 0 and is outvoted by the other frames.
+    """
+    _, h, w, _ = stack.shape
+    sx, sy = full_hw[1] / w, full_hw[0] / h
+    v = bilinear_frames(stack, f, (x + 0.5) / sx - 0.5, (y + 0.5) / sy - 0.5)
+    ex, ey, bx, by = v[:, 0] * sx, v[:, 1] * sy, v[:, 2] * sx, v[:, 3] * sy
+    sigma = MOTION_SIGMA_PX + MOTION_SIGMA_REL * np.sqrt(bx * bx + by * by)
+    return np.exp(-(ex * ex + ey * ey) / (2 * sigma * sigma)).astype(np.float32)

@@ -2,7 +2,7 @@
 
 The same algorithm as the NumPy/OpenCV path (:mod:`.sources`, :mod:`.fusion`, :mod:`.membrane`),
 step for step: warping with ``kornia.geometry.transform.remap``, the ring around each hole with
-``kornia.morphology.dilation``, blurs with ``kornia.filters``. The flow itself (OpenCV DIS and its
+``kornia.morphology.dilation``, resampling with ``torch.nn.functional``. The flow itself (OpenCV DIS and its
 completion, :mod:`.motion`) is computed on the CPU and handed in. Results agree with the NumPy path
 up to resampling details (OpenCV quantises bilinear weights to 1/32 pixel; torch's area
 downscaling differs from OpenCV's on odd sizes in the membrane pyramid); ``tests/test_prior.py``
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .fusion import _TIE_BREAK, OFFSET_SCALE, RING_OUTLIER, offset_box
 from .membrane import membrane_window
 from .motion import CONSISTENCY_ALPHA, CONSISTENCY_BETA, FlowField
 from .preview import SOURCE_COPIED, SOURCE_FUSED, SOURCE_KNOWN, SOURCE_SPATIAL
@@ -163,51 +164,60 @@ def _track(holes: torch.Tensor, fwd, bwd, targets, *, forward: bool, slots: int,
 def _fuse(colours: torch.Tensor, weights: torch.Tensor, tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`rrdpo_core.prior.fusion.fuse_candidates` in torch."""
     dist = (colours[:, None] - colours[None, :]).abs().mean(-1)  # (S, S, N)
+    valid = weights > 0
+    support = (weights[:, None] * (dist <= tolerance)).sum(0)  # diagonal: each candidate supports itself
     score = (weights[:, None] * dist).sum(0)
-    score = torch.where(weights > 0, score, torch.full_like(score, float("inf")))
-    medoid = score.argmin(0)
-    to_medoid = dist.gather(0, medoid[None, None, :].expand(1, dist.shape[1], -1))[0]
-    inlier = (to_medoid <= tolerance) & (weights > 0)
+    key = torch.where(valid, support - _TIE_BREAK * score, torch.full_like(score, float("-inf")))
+    best = key.argmax(0)
+    to_best = dist.gather(0, best[None, None, :].expand(1, dist.shape[1], -1))[0]
+    inlier = (to_best <= tolerance) & valid
     count = inlier.sum(0)
     w = torch.where((count == 1) & ((weights > 0).sum(0) > 1), weights, weights * inlier)
     fused = (colours * w[..., None]).sum(0) / w.sum(0).clamp_min(1e-12)[:, None]
     return fused, (w > 0).sum(0)
 
 
-def _colour_offset(frame: torch.Tensor, hole_np: np.ndarray, ring_ys, ring_xs, ring_fused, ring_ok,
-                   ring: int, sigma: float) -> torch.Tensor | None:
-    """:func:`rrdpo_core.prior.fusion.colour_offset` in torch: ``frame`` ``(3, H, W)``, returns ``(3, H, W)``."""
-    from kornia.filters import gaussian_blur2d
+def _ring_inliers(hole_np: np.ndarray, ring_ys, ring_xs, mismatch: torch.Tensor, ring_ok) -> torch.Tensor:
+    """:func:`rrdpo_core.prior.fusion.ring_inliers` in torch (components labelled by OpenCV)."""
+    region = hole_np.copy()
+    ys_np, xs_np = ring_ys.cpu().numpy(), ring_xs.cpu().numpy()
+    region[ys_np, xs_np] = True
+    _, labels = cv2.connectedComponents(region.astype(np.uint8), connectivity=8)
+    lab = torch.from_numpy(labels[ys_np, xs_np].astype(np.int64)).to(mismatch.device)
+    keep = torch.zeros(len(ring_ys), dtype=torch.bool, device=mismatch.device)
+    for k in torch.unique(lab[ring_ok]).tolist():
+        sel = torch.nonzero((lab == k) & ring_ok, as_tuple=True)[0]
+        median = torch.quantile(mismatch[sel], 0.5, dim=0)  # interpolated, as numpy's median
+        keep[sel] = (mismatch[sel] - median).abs().mean(-1) <= RING_OUTLIER
+    return keep
 
+
+def _colour_offset(frame: torch.Tensor, hole_np: np.ndarray, ring_ys, ring_xs, ring_fused, ring_ok
+                   ) -> torch.Tensor | None:
+    """:func:`rrdpo_core.prior.fusion.colour_offset` in torch: ``frame`` ``(3, H, W)``, returns ``(3, H, W)``."""
     if not bool(ring_ok.any()):
         return None
     _, h, w = frame.shape
     device = frame.device
-    diff = torch.zeros((3, h, w), device=device)
-    weight = torch.zeros((h, w), device=device)
-    ys, xs = ring_ys[ring_ok], ring_xs[ring_ok]
-    diff[:, ys, xs] = (frame[:, ys, xs].T - ring_fused[ring_ok]).T
-    weight[ys, xs] = 1.0
+    mismatch = frame[:, ring_ys, ring_xs].T - ring_fused  # (N, 3)
+    keep = ring_ok & _ring_inliers(hole_np, ring_ys, ring_xs, mismatch, ring_ok)
+    if not bool(keep.any()):
+        return None
+    ys, xs = ring_ys[keep], ring_xs[keep]
+    y0, y1, x0, x1 = offset_box(ring_ys.cpu().numpy(), ring_xs.cpu().numpy(), h, w)
+    diff = torch.zeros((3, y1 - y0, x1 - x0), device=device)
+    weight = torch.zeros((1, y1 - y0, x1 - x0), device=device)
+    diff[:, ys - y0, xs - x0] = mismatch[keep].T
+    weight[:, ys - y0, xs - x0] = 1.0
+    small = (max(1, (y1 - y0) // OFFSET_SCALE), max(1, (x1 - x0) // OFFSET_SCALE))
+    num = F.interpolate(diff[None], size=small, mode="area")[0]
+    den = F.interpolate(weight[None], size=small, mode="area")[0]
+    valid = den[0] > 0
+    mean = torch.where(valid, num / den.clamp_min(1e-6), torch.zeros_like(num))
+    filled = harmonic_fill_torch(mean, ~valid)
     out = torch.zeros((3, h, w), device=device)
-    count, labels, boxes, _ = cv2.connectedComponentsWithStats(hole_np.astype(np.uint8), connectivity=8)
-    labels_t = torch.from_numpy(labels).to(device)
-    # OpenCV's Gaussian kernel size for a given sigma (float images): 2 * round(4 sigma) + 1.
-    ksize = 2 * int(round(4 * sigma)) + 1
-    for k in range(1, count):
-        bx, by, bw, bh, _ = (int(v) for v in boxes[k])
-        y0, y1 = max(0, by - ring - 1), min(h, by + bh + ring + 1)
-        x0, x1 = max(0, bx - ring - 1), min(w, bx + bw + ring + 1)
-        d, wt = diff[:, y0:y1, x0:x1], weight[y0:y1, x0:x1]
-        valid = wt > 0
-        if not bool(valid.any()):
-            continue
-        num = gaussian_blur2d((d * wt)[None], (ksize, ksize), (sigma, sigma), border_type="constant")[0]
-        den = gaussian_blur2d(wt[None, None], (ksize, ksize), (sigma, sigma), border_type="constant")[0, 0]
-        smooth = torch.where(valid, num / den.clamp_min(1e-6), torch.zeros_like(num))
-        filled = harmonic_fill_torch(smooth, ~valid)
-        inside = labels_t[y0:y1, x0:x1] == k
-        region = out[:, y0:y1, x0:x1]
-        out[:, y0:y1, x0:x1] = torch.where(inside, filled, region)
+    out[:, y0:y1, x0:x1] = F.interpolate(filled[None], size=(y1 - y0, x1 - x0), mode="bilinear",
+                                         align_corners=False)[0]
     return out
 
 
@@ -261,8 +271,7 @@ def propagate_torch(video: np.ndarray, holes: np.ndarray, fwd: list[FlowField], 
                 fused, count = _fuse(colours, weights, cfg.tolerance)
                 hole_fused, hole_n = fused[:n_hole], count[:n_hole]
                 if cfg.ring > 0:
-                    offset = _colour_offset(vid[t], holes[t], ys[n_hole:], xs[n_hole:], fused[n_hole:],
-                                            count[n_hole:] > 0, cfg.ring, cfg.ring_sigma)
+                    offset = _colour_offset(vid[t], holes[t], ys[n_hole:], xs[n_hole:], fused[n_hole:], count[n_hole:] > 0)
                     if offset is not None:
                         hole_fused = hole_fused + offset[:, ys[:n_hole], xs[:n_hole]].T
                 got = hole_n > 0
