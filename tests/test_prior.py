@@ -192,11 +192,18 @@ def occluded_nearest_source_clip(length=16, height=96, width=160):
 def test_a_source_showing_another_object_is_not_copied():
     frames, masks, truth = occluded_nearest_source_clip()
     out = flow_propagation_prior(frames, masks).frames.numpy()
-    err = np.abs(out - truth).mean(-1)[masks]
-    # A ghost of the object is an error of ~0.3-0.6 on the pixels it covers.
-    assert (err > 0.2).mean() < 0.02, f"{100 * (err > 0.2).mean():.1f}% of the hole is far off (a ghost)"
-    assert err.mean() < 0.04
-    assert hole_psnr(out, truth, masks) > hole_psnr(telea(frames, masks), truth, masks) + 6.0
+    err = np.abs(out - truth).mean(-1)
+    # Frames 0-9 see every hole pixel's background in the future as well (the pan carries it out of
+    # the hole's left side within 6 frames): there a consistent source exists and must win. Taking
+    # the nearest source puts the object into about 40 % of these holes (an error of 0.3-0.6).
+    both = np.zeros(len(frames), bool)
+    both[:10] = True
+    hole = err[both][masks[both]]
+    assert (hole > 0.2).mean() < 0.03, f"{100 * (hole > 0.2).mean():.1f}% of the hole is far off (a ghost)"
+    assert hole.mean() < 0.04
+    first = np.s_[:10]
+    assert hole_psnr(out[first], truth[first], masks[first]) > \
+        hole_psnr(telea(frames[first], masks[first]), truth[first], masks[first]) + 6.0
 
 
 def test_fusion_rejects_an_outlier_frame_and_averages_agreeing_ones():
@@ -225,20 +232,19 @@ def test_fusion_rejects_an_outlier_frame_and_averages_agreeing_ones():
 
 
 def test_a_brightness_change_between_frames_does_not_show_at_the_hole_edge():
-    video = panning_video(length=10, dx=4, dy=1, seed=5)
-    gains = 1.0 + 0.25 * np.sin(np.arange(10) * 1.3)  # exposure changing from frame to frame
-    frames = np.clip(video * 0.75 * gains[:, None, None, None], 0, 1).astype(np.float32)
+    video = 0.75 * panning_video(length=10, dx=4, dy=1, seed=5)
+    gains = 1.0 + 0.25 * np.sin(np.arange(10) * 1.3)  # exposure changing by up to +-25 % from frame to frame
+    frames = np.clip(video * gains[:, None, None, None], 0, 1).astype(np.float32)
     masks = np.zeros(frames.shape[:3], bool)
     masks[:, 24:40, 40:56] = True
-    matched = flow_propagation_prior(frames, masks).frames.numpy()
-    raw = flow_propagation_prior(frames, masks, colour_ring=0).frames.numpy()
-    err_matched = np.abs(matched - frames)[masks].mean()
-    err_raw = np.abs(raw - frames)[masks].mean()
-    assert err_matched < 0.5 * err_raw
+    steady = flow_propagation_prior(video, masks).frames.numpy()
+    out = flow_propagation_prior(frames, masks).frames.numpy()
+    # Copying without matching leaves an error of ~0.09 here; matched, the change costs (almost) nothing.
+    assert np.abs(out - frames)[masks].mean() < np.abs(steady - video)[masks].mean() + 0.005
     # The hole's border rows against the known rows next to them: no step in brightness.
-    step = np.abs(matched[:, 24].mean(-1) - frames[:, 23].mean(-1))[:, 40:56].mean()
+    step = np.abs(out[:, 24].mean(-1) - frames[:, 23].mean(-1))[:, 40:56].mean()
     truth_step = np.abs(frames[:, 24].mean(-1) - frames[:, 23].mean(-1))[:, 40:56].mean()
-    assert step < truth_step + 0.02
+    assert step < truth_step + 0.01
 
 
 def test_source_map_says_how_each_pixel_was_made():

@@ -14,8 +14,10 @@ without any learned weights:
    background, or stands still while the camera pans, gets a weight near 0.
 3. **Fusion** (:mod:`.fusion`): the candidate colours are fused robustly (weighted medoid and
    the cluster that agrees with it), so an object crossing the source location in some of the
-   frames is outvoted, then matched to the frame they land in: the mismatch on a ring of known
-   pixels around the hole is carried into the hole as a membrane (a gradient-domain blend).
+   frames is outvoted, then matched to the frame they land in: each source is first brought to
+   the destination's exposure (a per-frame gain curve, :func:`.motion.exposure_curve`), and the
+   remaining mismatch on a ring of known pixels around the hole is carried into the hole as a
+   membrane (a gradient-domain blend).
 4. **Spatial fill** of never-seen pixels: the membrane of the pixels around, carried from frame
    to frame along the flow so it does not flicker.
 
@@ -40,7 +42,7 @@ from ..errors import Cancelled, RrdpoInputError
 from ..video_io import as_frames, as_masks, to_tensor
 from .fusion import KnownSampler, colour_offset, fuse_candidates, ring_of, spatial_fill
 from .membrane import harmonic_fill
-from .motion import DIS_PRESETS, completed_flows, motion_agreement, motion_check_stack
+from .motion import DIS_PRESETS, completed_flows, exposure_curve, motion_agreement, motion_check_stack
 from .preview import SOURCE_COPIED, SOURCE_FUSED, SOURCE_KNOWN, SOURCE_SPATIAL
 from .sources import track_sources
 
@@ -243,6 +245,7 @@ def _propagate_numpy(video: np.ndarray, holes: np.ndarray, fwd, bwd, cfg: PriorS
     length, height, width = holes.shape
     targets, hole_counts = targets_of(holes, cfg.ring)
     checks = (motion_check_stack(fwd, bwd, towards_past=True), motion_check_stack(fwd, bwd, towards_past=False))
+    curve = exposure_curve(video, holes, fwd)
     past = track_sources(holes, fwd, bwd, targets, forward=True, slots=cfg.slots, gap=cfg.gap, step=step)
     future = track_sources(holes, fwd, bwd, targets, forward=False, slots=cfg.slots, gap=cfg.gap, step=step)
     # ``video`` is read only outside the holes and written only inside them, so one array
@@ -262,7 +265,8 @@ def _propagate_numpy(video: np.ndarray, holes: np.ndarray, fwd, bwd, cfg: PriorS
             valid = (src_frame >= 0) & (src_frame != t)  # a ring pixel's own frame is not a source
             colours = np.zeros(src_frame.shape + (3,), np.float32)
             sampled, ok = sampler.sample(src_frame[valid], src_x[valid], src_y[valid])
-            colours[valid] = sampled
+            # Each source brought to this frame's exposure.
+            colours[valid] = sampled * np.exp(curve[t] - curve[src_frame[valid]])
             # Each source weighs by temporal distance and by how well its motion is the background's.
             agree = np.zeros(src_frame.shape, np.float32)
             for rows, stack in ((slice(0, cfg.slots), checks[0]), (slice(cfg.slots, None), checks[1])):

@@ -22,7 +22,8 @@ import numpy as np
 from .membrane import harmonic_fill
 
 __all__ = ["DIS_PRESETS", "FlowField", "completed_flows", "consistent", "bilinear", "working_size", "motion_check_stack",
-           "MOTION_SIGMA_PX", "MOTION_SIGMA_REL"]
+           "MOTION_SIGMA_PX", "MOTION_SIGMA_REL",
+           "MOTION_MIN_AGREEMENT", "motion_agreement", "bilinear_frames", "exposure_curve"]
 
 DIS_PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
@@ -39,7 +40,12 @@ CONSISTENCY_BETA = 0.5
 # texture and the same relative slack as the forward-backward test (sqrt(alpha) = 0.1).
 MOTION_SIGMA_PX = 1.0
 MOTION_SIGMA_REL = 0.1
+# A source whose motion is more than 2 sigma off the background's is not used at all.
+MOTION_MIN_AGREEMENT = math.exp(-2.0)
 _MIN_RING_POINTS = 16
+# Pixels darker or brighter than this are left out of the exposure estimate (clipped, noisy).
+_EXPOSURE_LO = 0.04
+_EXPOSURE_HI = 0.96
 _MAX_RING_POINTS = 400
 _MIN_RING_WIDTH = 8
 
@@ -257,11 +263,48 @@ def motion_agreement(stack: np.ndarray, full_hw: tuple[int, int], f: np.ndarray,
     """Weight in (0, 1] of each source: how well its own motion agrees with the background's there.
 
     A source showing an object that moves unlike the background (or stands still while the
-    camera pans) gets a weight near 0 and is outvoted by the other frames.
+    camera pans) gets a weight near 0 and is outvoted by the other frames; beyond 2 sigma
+    (``MOTION_MIN_AGREEMENT``) it gets 0 and is not used.
     """
     _, h, w, _ = stack.shape
     sx, sy = full_hw[1] / w, full_hw[0] / h
     v = bilinear_frames(stack, f, (x + 0.5) / sx - 0.5, (y + 0.5) / sy - 0.5)
     ex, ey, bx, by = v[:, 0] * sx, v[:, 1] * sy, v[:, 2] * sx, v[:, 3] * sy
     sigma = MOTION_SIGMA_PX + MOTION_SIGMA_REL * np.sqrt(bx * bx + by * by)
-    return np.exp(-(ex * ex + ey * ey) / (2 * sigma * sigma)).astype(np.float32)
+    agree = np.exp(-(ex * ex + ey * ey) / (2 * sigma * sigma)).astype(np.float32)
+    return np.where(agree >= MOTION_MIN_AGREEMENT, agree, 0.0).astype(np.float32)
+
+
+def exposure_curve(video: np.ndarray, holes: np.ndarray, fwd: list[FlowField]) -> np.ndarray:
+    """Per frame and channel, the log gain of the frame relative to frame 0: ``(T, 3)`` float32.
+
+    Between neighbouring frames the gain is the median, over pixels known in both (aligned by the
+    flow, at the flow's resolution; nearly black or white pixels left out), of the log ratio of
+    their colours: the median ignores moving objects and new content, a change of exposure or
+    white balance moves every pixel alike. A source in frame ``s`` copied into frame ``t`` is
+    multiplied by ``exp(curve[t] - curve[s])`` before fusion.
+    """
+    length, height, width = holes.shape
+    curve = np.zeros((length, 3), np.float32)
+    if length < 2:
+        return curve
+    fh, fw = fwd[0].flow.shape[:2]
+    # Hole content is zeroed first and any low-resolution pixel touching a hole is left out, so
+    # what is being removed cannot steer the estimate.
+    small = [cv2.resize(f * (~h)[..., None], (fw, fh), interpolation=cv2.INTER_AREA) for f, h in zip(video, holes)]
+    cover = [cv2.resize((~h).astype(np.float32), (fw, fh), interpolation=cv2.INTER_AREA) for h in holes]
+    known = [c >= 1.0 for c in cover]
+    gy, gx = np.mgrid[0:fh, 0:fw].astype(np.float32)
+    for t in range(length - 1):
+        flow = fwd[t].flow
+        mx, my = gx + flow[..., 0], gy + flow[..., 1]
+        nxt = cv2.remap(small[t + 1], mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(-1, -1, -1))
+        nxt_known = cv2.remap(known[t + 1].astype(np.float32), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                              borderValue=0) >= 1.0 - 1e-6
+        a, b = small[t], nxt
+        sel = known[t] & nxt_known & np.all((a > _EXPOSURE_LO) & (a < _EXPOSURE_HI) & (b > _EXPOSURE_LO) & (b < _EXPOSURE_HI), -1)
+        step = np.zeros(3, np.float32)
+        if sel.sum() >= _MIN_RING_POINTS:
+            step = np.median(np.log(b[sel]) - np.log(a[sel]), axis=0).astype(np.float32)
+        curve[t + 1] = curve[t] + step
+    return curve

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from .fusion import _TIE_BREAK, OFFSET_SCALE, RING_OUTLIER, offset_box
 from .membrane import membrane_window
-from .motion import CONSISTENCY_ALPHA, CONSISTENCY_BETA, FlowField
+from .motion import (CONSISTENCY_ALPHA, CONSISTENCY_BETA, MOTION_MIN_AGREEMENT, MOTION_SIGMA_PX, MOTION_SIGMA_REL,
+                     FlowField, exposure_curve, motion_check_stack)
 from .preview import SOURCE_COPIED, SOURCE_FUSED, SOURCE_KNOWN, SOURCE_SPATIAL
 
 __all__ = ["propagate_torch", "harmonic_fill_torch"]
@@ -161,6 +162,19 @@ def _track(holes: torch.Tensor, fwd, bwd, targets, *, forward: bool, slots: int,
     return result
 
 
+def _agreement(stack: torch.Tensor, f: torch.Tensor, x: torch.Tensor, y: torch.Tensor, full_hw) -> torch.Tensor:
+    """:func:`rrdpo_core.prior.motion.motion_agreement` in torch; ``stack`` ``(T, 4, h, w)``, ``f`` may be -1."""
+    shape = f.shape
+    _, _, h, w = stack.shape
+    sx, sy = full_hw[1] / w, full_hw[0] / h
+    v = _bilinear_points(stack, f.clamp_min(0).reshape(-1), (x.reshape(-1) + 0.5) / sx - 0.5,
+                         (y.reshape(-1) + 0.5) / sy - 0.5)
+    ex, ey, bx, by = v[:, 0] * sx, v[:, 1] * sy, v[:, 2] * sx, v[:, 3] * sy
+    sigma = MOTION_SIGMA_PX + MOTION_SIGMA_REL * torch.sqrt(bx * bx + by * by)
+    agree = torch.exp(-(ex * ex + ey * ey) / (2 * sigma * sigma))
+    return torch.where(agree >= MOTION_MIN_AGREEMENT, agree, torch.zeros_like(agree)).reshape(shape)
+
+
 def _fuse(colours: torch.Tensor, weights: torch.Tensor, tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`rrdpo_core.prior.fusion.fuse_candidates` in torch."""
     dist = (colours[:, None] - colours[None, :]).abs().mean(-1)  # (S, S, N)
@@ -252,6 +266,9 @@ def propagate_torch(video: np.ndarray, holes: np.ndarray, fwd: list[FlowField], 
         targets.append((ys, xs))
 
     if length > 1:
+        checks = [torch.from_numpy(motion_check_stack(fwd, bwd, towards_past=p)).to(device).permute(0, 3, 1, 2)
+                  for p in (True, False)]
+        curve = torch.from_numpy(exposure_curve(video, holes, fwd)).to(device)
         past = _track(hol, fwd, bwd, targets, forward=True, slots=cfg.slots, gap=cfg.gap, step=step)
         future = _track(hol, fwd, bwd, targets, forward=False, slots=cfg.slots, gap=cfg.gap, step=step)
         for t in range(length):
@@ -266,7 +283,10 @@ def propagate_torch(video: np.ndarray, holes: np.ndarray, fwd: list[FlowField], 
                                            src_y.reshape(-1)).reshape(*src_f.shape, 4)
                 valid = valid & (sampled[..., 3] > 1e-3)
                 colours = sampled[..., :3] / sampled[..., 3:].clamp_min(1e-3)
-                weights = torch.where(valid, torch.exp(-(src_f - t).abs().float() / cfg.sigma),
+                colours = colours * torch.exp(curve[t] - curve[src_f.clamp_min(0)])  # to this frame's exposure
+                agree = torch.cat([_agreement(checks[0], past[t][0], past[t][1], past[t][2], (height, width)),
+                                   _agreement(checks[1], future[t][0], future[t][1], future[t][2], (height, width))])
+                weights = torch.where(valid, torch.exp(-(src_f - t).abs().float() / cfg.sigma) * agree,
                                       torch.zeros_like(src_x))
                 fused, count = _fuse(colours, weights, cfg.tolerance)
                 hole_fused, hole_n = fused[:n_hole], count[:n_hole]
