@@ -11,8 +11,7 @@ without any learned weights:
    the nearest frame, which may show a moving object there. Each source weighs by its temporal
    distance and by how well its own motion (raw DIS) agrees with the background motion there
    (the completed flow, :func:`.motion.motion_agreement`): an object that moves unlike the
-   background, or stands still while the camera pans, gets a weight near 0, and a source more
-   than 2 sigma off is dropped wherever another source of the pixel passes.
+   background, or stands still while the camera pans, gets a weight near 0.
 3. **Fusion** (:mod:`.fusion`): the candidate colours are fused robustly (weighted medoid and
    the cluster that agrees with it), so an object crossing the source location in some of the
    frames is outvoted, then matched to the frame they land in: each source is first brought to
@@ -41,9 +40,9 @@ import torch
 
 from ..errors import Cancelled, RrdpoInputError
 from ..video_io import as_frames, as_masks, to_tensor
-from .fusion import KnownSampler, colour_offset, consistent_only, fuse_candidates, ring_of, spatial_fill
+from .fusion import KnownSampler, colour_offset, fuse_candidates, ring_of, spatial_fill
 from .membrane import harmonic_fill
-from .motion import DIS_PRESETS, MOTION_MIN_AGREEMENT, completed_flows, exposure_curve, motion_agreement, motion_check_stack
+from .motion import DIS_PRESETS, completed_flows, exposure_curve, motion_agreement, motion_check_stack
 from .preview import SOURCE_COPIED, SOURCE_FUSED, SOURCE_KNOWN, SOURCE_SPATIAL
 from .sources import track_sources
 
@@ -275,7 +274,6 @@ def _propagate_numpy(video: np.ndarray, holes: np.ndarray, fwd, bwd, cfg: PriorS
                 agree[rows][sel] = motion_agreement(stack, (height, width), src_frame[rows][sel], src_x[rows][sel],
                                                     src_y[rows][sel])
             valid[valid] = ok
-            agree = consistent_only(agree, valid, MOTION_MIN_AGREEMENT)
             weights = np.where(valid, np.exp(-np.abs(src_frame - t) / cfg.sigma) * agree, 0.0).astype(np.float32)
             fused, count = fuse_candidates(colours, weights, cfg.tolerance)
             hole_fused, hole_count_ = fused[:n_hole], count[:n_hole]

@@ -28,7 +28,7 @@ import numpy as np
 from .membrane import harmonic_fill
 from .motion import FlowField, bilinear
 
-__all__ = ["KnownSampler", "consistent_only", "fuse_candidates", "colour_offset", "spatial_fill", "ring_of"]
+__all__ = ["KnownSampler", "fuse_candidates", "colour_offset", "spatial_fill", "ring_of"]
 
 
 
@@ -85,18 +85,6 @@ class KnownSampler:
         colour = np.zeros((len(s), 3), np.float32)
         colour[ok] = acc[ok, :3] / acc[ok, 3:]
         return colour, ok
-
-
-def consistent_only(agree: np.ndarray, valid: np.ndarray, threshold: float) -> np.ndarray:
-    """Motion-agreement weights ``(S, N)`` with the sources below ``threshold`` dropped - where some pass.
-
-    Where no source of a pixel passes, all keep their soft weights: DIS flow right at a moving
-    hole's edge is dragged along with the hole (the filled hole moves), so a background source
-    there can fail the test; filling spatially instead would throw away good sources, while the
-    soft weights still let a better-agreeing source win.
-    """
-    passes = (agree >= threshold) & valid
-    return np.where(passes.any(0)[None], agree * passes, agree).astype(np.float32)
 
 
 def fuse_candidates(colours: np.ndarray, weights: np.ndarray, tolerance: float

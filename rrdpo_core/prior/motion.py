@@ -40,7 +40,7 @@ CONSISTENCY_BETA = 0.5
 # texture and the same relative slack as the forward-backward test (sqrt(alpha) = 0.1).
 MOTION_SIGMA_PX = 1.0
 MOTION_SIGMA_REL = 0.1
-# A source whose motion is more than 2 sigma off the background's is dropped where another passes.
+# A source whose motion is more than 2 sigma off the background's is not used at all.
 MOTION_MIN_AGREEMENT = math.exp(-2.0)
 _MIN_RING_POINTS = 16
 # Pixels darker or brighter than this are left out of the exposure estimate (clipped, noisy).
@@ -264,15 +264,15 @@ def motion_agreement(stack: np.ndarray, full_hw: tuple[int, int], f: np.ndarray,
 
     A source showing an object that moves unlike the background (or stands still while the
     camera pans) gets a weight near 0 and is outvoted by the other frames; beyond 2 sigma
-    (``MOTION_MIN_AGREEMENT``) it is not used at all where another source passes (see
-    :func:`rrdpo_core.prior.fusion.consistent_only`).
+    (``MOTION_MIN_AGREEMENT``) it gets 0 and is not used.
     """
     _, h, w, _ = stack.shape
     sx, sy = full_hw[1] / w, full_hw[0] / h
     v = bilinear_frames(stack, f, (x + 0.5) / sx - 0.5, (y + 0.5) / sy - 0.5)
     ex, ey, bx, by = v[:, 0] * sx, v[:, 1] * sy, v[:, 2] * sx, v[:, 3] * sy
     sigma = MOTION_SIGMA_PX + MOTION_SIGMA_REL * np.sqrt(bx * bx + by * by)
-    return np.exp(-(ex * ex + ey * ey) / (2 * sigma * sigma)).astype(np.float32)
+    agree = np.exp(-(ex * ex + ey * ey) / (2 * sigma * sigma)).astype(np.float32)
+    return np.where(agree >= MOTION_MIN_AGREEMENT, agree, 0.0).astype(np.float32)
 
 
 def exposure_curve(video: np.ndarray, holes: np.ndarray, fwd: list[FlowField]) -> np.ndarray:

@@ -171,7 +171,8 @@ def _agreement(stack: torch.Tensor, f: torch.Tensor, x: torch.Tensor, y: torch.T
                          (y.reshape(-1) + 0.5) / sy - 0.5)
     ex, ey, bx, by = v[:, 0] * sx, v[:, 1] * sy, v[:, 2] * sx, v[:, 3] * sy
     sigma = MOTION_SIGMA_PX + MOTION_SIGMA_REL * torch.sqrt(bx * bx + by * by)
-    return torch.exp(-(ex * ex + ey * ey) / (2 * sigma * sigma)).reshape(shape)
+    agree = torch.exp(-(ex * ex + ey * ey) / (2 * sigma * sigma))
+    return torch.where(agree >= MOTION_MIN_AGREEMENT, agree, torch.zeros_like(agree)).reshape(shape)
 
 
 def _fuse(colours: torch.Tensor, weights: torch.Tensor, tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -285,8 +286,6 @@ def propagate_torch(video: np.ndarray, holes: np.ndarray, fwd: list[FlowField], 
                 colours = colours * torch.exp(curve[t] - curve[src_f.clamp_min(0)])  # to this frame's exposure
                 agree = torch.cat([_agreement(checks[0], past[t][0], past[t][1], past[t][2], (height, width)),
                                    _agreement(checks[1], future[t][0], future[t][1], future[t][2], (height, width))])
-                passes = (agree >= MOTION_MIN_AGREEMENT) & valid  # as fusion.consistent_only
-                agree = torch.where(passes.any(0)[None], agree * passes, agree)
                 weights = torch.where(valid, torch.exp(-(src_f - t).abs().float() / cfg.sigma) * agree,
                                       torch.zeros_like(src_x))
                 fused, count = _fuse(colours, weights, cfg.tolerance)
