@@ -195,7 +195,7 @@ def test_a_source_showing_another_object_is_not_copied():
     err = np.abs(out - truth).mean(-1)
     # Frames 0-9 see every hole pixel's background in the future as well (the pan carries it out of
     # the hole's left side within 6 frames): there a consistent source exists and must win. Taking
-    # the nearest source puts the object into about 40 % of these holes (an error of 0.3-0.6).
+    # the nearest source (the previous algorithm) puts the object into ~35 % of these holes.
     both = np.zeros(len(frames), bool)
     both[:10] = True
     hole = err[both][masks[both]]
