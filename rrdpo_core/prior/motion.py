@@ -1,0 +1,310 @@
+"""Optical flow between neighbouring frames, completed inside the holes (OpenCV DIS, no weights).
+
+DIS optical flow in both directions on grayscale frames shrunk by ``downscale``, with each hole
+first hidden under a smooth membrane so the flow does not follow the object being removed. DIS is
+unreliable inside a hole and, for about a patch width, around it (the filled hole looks static to
+it), so inside the holes of both frames of a pair, grown by ``dilation``, the flow is replaced by
+the affine motion fitted robustly (RANSAC) to the flow on a ring around each hole, as wide as half
+the hole: background motion near a hole is close to affine (pan, zoom, slow rotation), and the
+robust fit ignores foreground objects crossing the ring.
+
+The torch path of the prior uses these flows too: DIS runs on the CPU in both paths.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from .membrane import harmonic_fill
+
+__all__ = ["DIS_PRESETS", "FlowField", "completed_flows", "consistent", "bilinear", "working_size", "motion_check_stack",
+           "MOTION_SIGMA_PX", "MOTION_SIGMA_REL",
+           "MOTION_MIN_AGREEMENT", "motion_agreement", "bilinear_frames", "exposure_curve"]
+
+DIS_PRESETS = {
+    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+}
+
+# Forward-backward consistency (Sundaram et al. 2010): a step is trusted when
+# |f + b|^2 <= alpha (|f|^2 + |b|^2) + beta, in full-resolution pixels.
+CONSISTENCY_ALPHA = 0.01
+CONSISTENCY_BETA = 0.5
+# Motion check of a source: its own (raw DIS) motion against the background motion there (the
+# completed flow), with a tolerance of 1 px plus 10 % of the motion - DIS's sub-pixel accuracy on
+# texture and the same relative slack as the forward-backward test (sqrt(alpha) = 0.1).
+MOTION_SIGMA_PX = 1.0
+MOTION_SIGMA_REL = 0.1
+# A source whose motion is more than 2 sigma off the background's is not used at all.
+MOTION_MIN_AGREEMENT = math.exp(-2.0)
+_MIN_RING_POINTS = 16
+# Pixels darker or brighter than this are left out of the exposure estimate (clipped, noisy).
+_EXPOSURE_LO = 0.04
+_EXPOSURE_HI = 0.96
+_MAX_RING_POINTS = 400
+_MIN_RING_WIDTH = 8
+
+
+def working_size(height: int, width: int, downscale: float) -> tuple[int, int]:
+    return max(8, int(round(height / downscale))), max(8, int(round(width / downscale)))
+
+
+def bilinear(field_: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Sample ``field_`` (H, W, C) at float positions (border clamped) -> (N, C), with OpenCV.
+
+    ``cv2.remap`` wants a 2-D map under 32767 on each side, so the points go in rows of 1024.
+    Its bilinear weights are quantised to 1/32 pixel, plenty for flow and for the fill.
+    """
+    n = len(x)
+    channels = field_.shape[2] if field_.ndim == 3 else 1
+    if n == 0:
+        return np.zeros((0, channels), np.float32)
+    cols = 1024
+    rows = -(-n // cols)
+    pad = rows * cols - n
+    mx = np.zeros(rows * cols, np.float32)
+    my = np.zeros(rows * cols, np.float32)
+    mx[:n] = x
+    my[:n] = y
+    mx, my = mx.reshape(rows, cols), my.reshape(rows, cols)
+    out = cv2.remap(field_, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return out.reshape(rows * cols, channels)[:n]
+
+
+class FlowField:
+    """A low-resolution flow field read at full-resolution positions, in full-resolution pixels."""
+
+    def __init__(self, flow: np.ndarray, full_hw: tuple[int, int], raw: np.ndarray | None = None):
+        self.flow = flow
+        self.raw = flow if raw is None else raw  # DIS before completion (for the motion check)
+        self.full_hw = full_hw
+        h, w = flow.shape[:2]
+        self.sx = full_hw[1] / w
+        self.sy = full_hw[0] / h
+
+    def dense(self) -> np.ndarray:
+        """The flow at every full-resolution pixel, ``(H, W, 2)`` float32, in full-resolution pixels."""
+        h, w = self.full_hw
+        if self.flow.shape[:2] == (h, w):
+            return self.flow
+        out = cv2.resize(self.flow, (w, h), interpolation=cv2.INTER_LINEAR)
+        out[..., 0] *= self.sx
+        out[..., 1] *= self.sy
+        return out
+
+    def at(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        f = bilinear(self.flow, (x + 0.5) / self.sx - 0.5, (y + 0.5) / self.sy - 0.5)
+        f[:, 0] *= self.sx
+        f[:, 1] *= self.sy
+        return f
+
+
+def consistent(step: np.ndarray, back: np.ndarray) -> np.ndarray:
+    sx, sy, bx, by = step[:, 0], step[:, 1], back[:, 0], back[:, 1]
+    err = (sx + bx) ** 2 + (sy + by) ** 2
+    bound = CONSISTENCY_ALPHA * (sx * sx + sy * sy + bx * bx + by * by) + CONSISTENCY_BETA
+    return err <= bound
+
+
+def completed_flows(video: np.ndarray, holes: np.ndarray, downscale: float, preset: str, dilation: int,
+                    step: Callable[[], None] = lambda: None) -> tuple[list[FlowField], list[FlowField]]:
+    """Forward (t -> t+1) and backward (t+1 -> t) flows, completed inside the holes.
+
+    ``dilation`` is in working-resolution pixels; ``step()`` is called after each frame pair.
+    """
+    length, height, width = holes.shape
+    fh, fw = working_size(height, width, downscale)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dilation + 1, 2 * dilation + 1)) if dilation else None
+    grays, regions = [], []
+    for frame, hole in zip(video, holes):
+        gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+        small_hole = cv2.resize(hole.astype(np.float32), (fw, fh), interpolation=cv2.INTER_AREA) > 0
+        small = cv2.resize(gray, (fw, fh), interpolation=cv2.INTER_AREA) if (fh, fw) != (height, width) else gray
+        # The object inside the hole must not steer the flow: hide it under a smooth membrane.
+        small = harmonic_fill(small, small_hole, smooth_iterations=2)
+        grays.append(np.clip(small * 255.0 + 0.5, 0, 255).astype(np.uint8))
+        region = cv2.dilate(small_hole.astype(np.uint8), kernel) > 0 if kernel is not None else small_hole
+        regions.append(region)
+    dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
+    fwd, bwd = [], []
+    for t in range(length - 1):
+        region = regions[t] | regions[t + 1]
+        f = dis.calc(grays[t], grays[t + 1], None)
+        b = dis.calc(grays[t + 1], grays[t], None)
+        raw_f, raw_b = f, b
+        if region.all():
+            f = np.zeros_like(f)  # nothing to measure motion on
+            b = np.zeros_like(b)
+        elif region.any():
+            geometry = _holes_and_rings(region)
+            f = _complete_flow(f, region, geometry)
+            b = _complete_flow(b, region, geometry)
+        fwd.append(FlowField(f, (height, width), raw_f))
+        bwd.append(FlowField(b, (height, width), raw_b))
+        step()
+    return fwd, bwd
+
+
+@dataclass
+class _Hole:
+    """One connected hole of a flow region: its pixels and the ring of pixels around it."""
+
+    ys: np.ndarray
+    xs: np.ndarray
+    ring_ys: np.ndarray
+    ring_xs: np.ndarray
+
+
+def _holes_and_rings(region: np.ndarray) -> list[_Hole]:
+    """Connected holes of a flow region and a ring around each, as wide as half the hole's size.
+
+    The ring reaches past the band where the flow is biased by the hole's edge; pixels of other
+    holes are never part of a ring. Work is done in each hole's bounding box.
+    """
+    count, labels, boxes, _ = cv2.connectedComponentsWithStats(region.astype(np.uint8), connectivity=8)
+    h, w = region.shape
+    holes = []
+    for k in range(1, count):
+        x, y, bw, bh, area = (int(v) for v in boxes[k])
+        r = max(_MIN_RING_WIDTH, int(0.5 * math.sqrt(area)))
+        y0, y1, x0, x1 = max(0, y - r), min(h, y + bh + r), max(0, x - r), min(w, x + bw + r)
+        inside = labels[y0:y1, x0:x1] == k
+        grown = cv2.dilate(inside.astype(np.uint8), np.ones((2 * r + 1, 2 * r + 1), np.uint8)) > 0
+        ring = grown & ~region[y0:y1, x0:x1]
+        ys, xs = np.nonzero(inside)
+        rys, rxs = np.nonzero(ring)
+        if len(rys) > _MAX_RING_POINTS:  # an even subset: RANSAC cost grows with points, accuracy hardly
+            keep = np.linspace(0, len(rys) - 1, _MAX_RING_POINTS).astype(np.int64)
+            rys, rxs = rys[keep], rxs[keep]
+        holes.append(_Hole(ys + y0, xs + x0, rys + y0, rxs + x0))
+    return holes
+
+
+def _fit_affine(flow: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray | None:
+    """Affine motion (2x3) that best explains ``flow`` at the given pixels (RANSAC), or None."""
+    if len(ys) < _MIN_RING_POINTS:
+        return None
+    src = np.stack([xs, ys], 1).astype(np.float32)
+    dst = src + flow[ys, xs]
+    model, _ = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=1.0)
+    return model
+
+
+def _complete_flow(flow: np.ndarray, region: np.ndarray, holes: list[_Hole]) -> np.ndarray:
+    """Replace ``flow`` inside ``region`` by the affine motion of the ring around each hole.
+
+    Background motion around a hole is close to affine (camera pan, zoom, slow rotation), and a
+    robust fit ignores a foreground object crossing the ring. A hole without a usable ring takes
+    the fit over all rings; with none at all, the flow is filled with a smooth membrane.
+    """
+    out = flow.copy()
+    shared: list = []
+    for hole in holes:
+        model = _fit_affine(flow, hole.ring_ys, hole.ring_xs)
+        if model is None:
+            if not shared:
+                shared.append(_fit_affine(flow, np.concatenate([h.ring_ys for h in holes]),
+                                          np.concatenate([h.ring_xs for h in holes])))
+            model = shared[0]
+        if model is None:
+            unknown = np.zeros(region.shape, bool)
+            unknown[hole.ys, hole.xs] = True
+            out = harmonic_fill(out, unknown)
+            continue
+        xs, ys = hole.xs.astype(np.float32), hole.ys.astype(np.float32)
+        out[hole.ys, hole.xs, 0] = model[0, 0] * xs + model[0, 1] * ys + model[0, 2] - xs
+        out[hole.ys, hole.xs, 1] = model[1, 0] * xs + model[1, 1] * ys + model[1, 2] - ys
+    return out
+
+
+def motion_check_stack(fwd: list[FlowField], bwd: list[FlowField], towards_past: bool) -> np.ndarray:
+    """Per frame ``s``, low-resolution ``(raw - completed, completed)`` flow ``(T, h, w, 4)``.
+
+    A source in frame ``s`` found towards the past is checked on the motion ``s -> s - 1`` (the
+    point keeps moving away from the hole it was tracked out of; ``s -> s + 1`` would measure
+    it against the filled hole), a source towards the future on ``s -> s + 1``. At the clip's end
+    the other neighbour is used. Where the flow was not completed the difference is zero: the
+    check only acts near holes, where the completed flow is the background's.
+    """
+    length = len(fwd) + 1
+    out = []
+    for s in range(length):
+        if towards_past:
+            field = bwd[s - 1] if s >= 1 else fwd[0]
+        else:
+            field = fwd[s] if s < length - 1 else bwd[length - 2]
+        out.append(np.concatenate([field.raw - field.flow, field.flow], axis=-1))
+    return np.stack(out).astype(np.float32)
+
+
+def bilinear_frames(stack: np.ndarray, f: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Sample ``stack`` ``(T, h, w, C)`` at frames ``f`` and positions ``(x, y)`` (border clamped) -> ``(N, C)``."""
+    _, h, w, _ = stack.shape
+    x = np.clip(x, 0, w - 1)
+    y = np.clip(y, 0, h - 1)
+    x0 = np.floor(x).astype(np.int64)
+    y0 = np.floor(y).astype(np.int64)
+    x1 = np.minimum(x0 + 1, w - 1)
+    y1 = np.minimum(y0 + 1, h - 1)
+    wx = (x - x0)[:, None].astype(np.float32)
+    wy = (y - y0)[:, None].astype(np.float32)
+    top = stack[f, y0, x0] * (1 - wx) + stack[f, y0, x1] * wx
+    bottom = stack[f, y1, x0] * (1 - wx) + stack[f, y1, x1] * wx
+    return top * (1 - wy) + bottom * wy
+
+
+def motion_agreement(stack: np.ndarray, full_hw: tuple[int, int], f: np.ndarray, x: np.ndarray,
+                     y: np.ndarray) -> np.ndarray:
+    """Weight in (0, 1] of each source: how well its own motion agrees with the background's there.
+
+    A source showing an object that moves unlike the background (or stands still while the
+    camera pans) gets a weight near 0 and is outvoted by the other frames; beyond 2 sigma
+    (``MOTION_MIN_AGREEMENT``) it gets 0 and is not used.
+    """
+    _, h, w, _ = stack.shape
+    sx, sy = full_hw[1] / w, full_hw[0] / h
+    v = bilinear_frames(stack, f, (x + 0.5) / sx - 0.5, (y + 0.5) / sy - 0.5)
+    ex, ey, bx, by = v[:, 0] * sx, v[:, 1] * sy, v[:, 2] * sx, v[:, 3] * sy
+    sigma = MOTION_SIGMA_PX + MOTION_SIGMA_REL * np.sqrt(bx * bx + by * by)
+    agree = np.exp(-(ex * ex + ey * ey) / (2 * sigma * sigma)).astype(np.float32)
+    return np.where(agree >= MOTION_MIN_AGREEMENT, agree, 0.0).astype(np.float32)
+
+
+def exposure_curve(video: np.ndarray, holes: np.ndarray, fwd: list[FlowField]) -> np.ndarray:
+    """Per frame and channel, the log gain of the frame relative to frame 0: ``(T, 3)`` float32.
+
+    Between neighbouring frames the gain is the median, over pixels known in both (aligned by the
+    flow, at the flow's resolution; nearly black or white pixels left out), of the log ratio of
+    their colours: the median ignores moving objects and new content, a change of exposure or
+    white balance moves every pixel alike. A source in frame ``s`` copied into frame ``t`` is
+    multiplied by ``exp(curve[t] - curve[s])`` before fusion.
+    """
+    length, height, width = holes.shape
+    curve = np.zeros((length, 3), np.float32)
+    if length < 2:
+        return curve
+    fh, fw = fwd[0].flow.shape[:2]
+    # Hole content is zeroed first and any low-resolution pixel touching a hole is left out, so
+    # what is being removed cannot steer the estimate.
+    small = [cv2.resize(f * (~h)[..., None], (fw, fh), interpolation=cv2.INTER_AREA) for f, h in zip(video, holes)]
+    cover = [cv2.resize((~h).astype(np.float32), (fw, fh), interpolation=cv2.INTER_AREA) for h in holes]
+    known = [c >= 1.0 for c in cover]
+    gy, gx = np.mgrid[0:fh, 0:fw].astype(np.float32)
+    for t in range(length - 1):
+        flow = fwd[t].flow
+        mx, my = gx + flow[..., 0], gy + flow[..., 1]
+        nxt = cv2.remap(small[t + 1], mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(-1, -1, -1))
+        nxt_known = cv2.remap(known[t + 1].astype(np.float32), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                              borderValue=0) >= 1.0 - 1e-6
+        a, b = small[t], nxt
+        sel = known[t] & nxt_known & np.all((a > _EXPOSURE_LO) & (a < _EXPOSURE_HI) & (b > _EXPOSURE_LO) & (b < _EXPOSURE_HI), -1)
+        step = np.zeros(3, np.float32)
+        if sel.sum() >= _MIN_RING_POINTS:
+            step = np.median(np.log(b[sel]) - np.log(a[sel]), axis=0).astype(np.float32)
+        curve[t + 1] = curve[t] + step
+    return curve
