@@ -14,7 +14,8 @@ _OUTPUTS = dict(
     OUTPUT_TOOLTIPS=(
         "The frames with the holes filled (outside the holes: the input exactly).",
         "1 where a hole pixel was seen in another frame (high temporal visibility), 0 where it never was.",
-        "The visibility over the frames: seen hole pixels green, never-seen ones magenta.",
+        "How each hole pixel was filled: copied from one other frame green, fused from several frames blue, "
+        "never seen and filled spatially magenta.",
         "What was adjusted: a mask used for all frames or resized to the frames.",
     ),
 )
@@ -25,16 +26,6 @@ _COMMON_INPUTS = {
 }
 
 
-def visibility_preview(frames: torch.Tensor, holes: torch.Tensor, visibility: torch.Tensor) -> torch.Tensor:
-    """Frames with seen hole pixels tinted green and never-seen ones magenta."""
-    holes = (holes > 0.5).float().cpu()[..., None]
-    seen = visibility.float().cpu()[..., None] * holes
-    unseen = holes - seen
-    out = frames.float().cpu() * (1 - 0.6 * holes)
-    out = out + 0.6 * seen * torch.tensor([0.1, 0.9, 0.2]) + 0.6 * unseen * torch.tensor([0.9, 0.1, 0.8])
-    return out.clamp(0, 1)
-
-
 def _fit(images, mask):
     """One mask per frame at the frame size (one mask serves all frames; another size is resized)."""
     from ..rrdpo_core.framing import fit_mask
@@ -43,9 +34,15 @@ def _fit(images, mask):
 
 
 def _outputs(fit, result):
+    from ..rrdpo_core.prior import SOURCE_COPIED, SOURCE_SPATIAL, source_preview
+
     prior = result.frames.float().cpu()
     visibility = result.visibility.float().cpu()
-    return (prior, visibility, visibility_preview(prior, fit.mask, visibility), fit.report or "mask used as given")
+    sources = result.source_map
+    if sources is None:  # a prior that only says seen / never seen (ProPainter)
+        sources = torch.where(visibility > 0.5, SOURCE_COPIED, SOURCE_SPATIAL).to(torch.uint8)
+    preview = source_preview(prior, fit.mask, sources)
+    return (prior, visibility, preview, fit.report or "mask used as given")
 
 
 class RRDPOFlowPrior:

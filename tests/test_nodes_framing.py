@@ -111,3 +111,20 @@ def test_one_mask_for_all_frames_in_the_mask_prior_blend_and_metrics_nodes(comfy
     m1 = node("RRDPOInpaintingMetrics").measure(b1, half, 4, truth=frames)["result"][0]
     m2 = node("RRDPOInpaintingMetrics").measure(b1, mask, 4, truth=frames)["result"][0]
     assert m1.startswith(m2) and "resized" in m1 and "resized" not in m2
+
+
+def test_flow_prior_preview_tints_each_hole_pixel_by_its_source():
+    from rrdpo_core.prior import flow_propagation_prior
+    from rrdpo_core.prior.preview import SOURCE_COLOURS
+
+    frames, mask = _clip()
+    prior, _, preview, _ = node("RRDPOFlowPrior").run(frames, mask, 2.0, "fast")
+    codes = flow_propagation_prior(frames, mask, flow_downscale=2.0, preset="fast").source_map
+    outside = mask == 0
+    assert torch.equal(preview[outside], prior[outside]), "outside the hole the preview is the prior itself"
+    for code, colour in SOURCE_COLOURS.items():
+        sel = (codes == code) & (mask > 0.5)
+        if sel.any():  # each category present is pulled towards its own tint
+            expected = 0.4 * prior[sel] + 0.6 * torch.tensor(colour)
+            assert torch.allclose(preview[sel], expected.clamp(0, 1), atol=1e-5), code
+    assert ((codes > 0) == (mask > 0.5)).all(), "every hole pixel has a source category, no pixel outside"
