@@ -47,6 +47,7 @@ SD15_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.0
 TCD_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                   timestep_spacing="trailing")
 COMPONENTS = ("brushnet", "unet", "vae_encode", "vae_decode")
+CPU_FIGURES = ("user_s", "sys_s", "faults_k")
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,6 +173,19 @@ def _peak_memory(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
 
 
+def _usage() -> tuple[float, float, int]:
+    """(user CPU s, system CPU s, minor page faults) of this process so far."""
+    import resource
+
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime, u.ru_stime, u.ru_minflt
+
+
+def _usage_since(before: tuple[float, float, int]) -> dict:
+    after = _usage()
+    return dict(user_s=after[0] - before[0], sys_s=after[1] - before[1], faults_k=(after[2] - before[2]) / 1000)
+
+
 def _sync_fn(device):
     import torch
 
@@ -247,6 +261,7 @@ def worker_original(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)  # the release samples the VAE posterior with the global RNG
 
     sync()
+    usage = _usage()
     start = time.perf_counter()
     with _profiled(args.profile) as prof, torch.no_grad():
         base_noise = torch.from_numpy(data["noise"]).to(device, dtype)
@@ -275,6 +290,7 @@ def worker_original(args: argparse.Namespace) -> dict:
                    num_inference_steps=args.steps, guidance_scale=0, latents=start_latents)
     sync()
     sample_s = time.perf_counter() - start
+    cpu = _usage_since(usage)
     generated = np.stack([np.asarray(f) for f in out.frames])
     # composite (§1.9)
     import cv2
@@ -287,7 +303,7 @@ def worker_original(args: argparse.Namespace) -> dict:
         alpha = alpha.astype(np.float32) / 255.0
         comp.append((g.astype(np.uint8) * alpha + f.astype(np.uint8) * (1 - alpha)).astype(np.uint8))
     np.savez(args.out, latents=out.latents.float().cpu().numpy(), generated=generated, composite=np.stack(comp))
-    return dict(load_s=load_s, sample_s=sample_s, peak_gib=_peak_memory(device), **meter.seconds,
+    return dict(load_s=load_s, sample_s=sample_s, peak_gib=_peak_memory(device), **meter.seconds, **cpu,
                 profile=_profile_table(prof), torch=torch.__version__)
 
 
@@ -333,6 +349,7 @@ def worker_ours(args: argparse.Namespace) -> dict:
     base_noise = torch.from_numpy(data["noise"])
 
     sync()
+    usage = _usage()
     start = time.perf_counter()
     with _profiled(args.profile) as prof:
         gen = torch.Generator().manual_seed(args.seed)
@@ -346,10 +363,11 @@ def worker_ours(args: argparse.Namespace) -> dict:
         out = pipe(frames, holes, prior, text, num_inference_steps=args.steps, init=init, seed=args.seed)
     sync()
     sample_s = time.perf_counter() - start
+    cpu = _usage_since(usage)
     generated = np.rint(out.frames.numpy() * 255).astype(np.uint8)
     composite = np.rint(blend_into_video(frames, out.frames, holes).numpy() * 255).astype(np.uint8)
     np.savez(args.out, latents=out.latents.numpy(), generated=generated, composite=composite)
-    return dict(load_s=load_s, sample_s=sample_s, peak_gib=_peak_memory(device), **meter.seconds,
+    return dict(load_s=load_s, sample_s=sample_s, peak_gib=_peak_memory(device), **meter.seconds, **cpu,
                 profile=_profile_table(prof), torch=torch.__version__)
 
 
@@ -448,14 +466,14 @@ def main() -> None:
     print(f"{args.frames} frames at {args.size}x{args.size}, {args.steps} TCD steps, "
           f"{'no LoRA' if args.no_lora else 'PCM LoRA'}, {args.device} {args.dtype}, {args.threads} threads, "
           f"{'tiny' if args.tiny else 'full-size'} random weights", flush=True)
-    header = f"{'run':<14}{'load s':>8}{'sample s':>10}" + "".join(f"{c:>12}" for c in COMPONENTS) + f"{'peak GiB':>10}"
+    header = f"{'run':<14}{'load s':>8}{'sample s':>10}" + "".join(f"{c:>12}" for c in COMPONENTS + CPU_FIGURES) + f"{'peak GiB':>10}"
     print(header, flush=True)
     for r in range(args.rounds):
         for side in sides:
             res = run_side(side, r, args, work)
             results[side].append(res)
             print(f"{side + ' ' + str(r + 1):<14}{res['load_s']:>8.1f}{res['sample_s']:>10.1f}"
-                  + "".join(f"{res[c]:>12.1f}" for c in COMPONENTS) + f"{res['peak_gib']:>10.2f}", flush=True)
+                  + "".join(f"{res[c]:>12.1f}" for c in COMPONENTS + CPU_FIGURES) + f"{res['peak_gib']:>10.2f}", flush=True)
             if res.get("profile"):
                 print(res["profile"], flush=True)
 
@@ -464,7 +482,7 @@ def main() -> None:
 
     if set(sides) == {"original", "ours"}:
         print("\nmedians (ours / original):")
-        for key in ("load_s", "sample_s", *COMPONENTS, "peak_gib"):
+        for key in ("load_s", "sample_s", *COMPONENTS, *CPU_FIGURES, "peak_gib"):
             o, u = med("original", key), med("ours", key)
             print(f"  {key:<11} original {o:8.2f}   ours {u:8.2f}   ratio {u / o if o else float('nan'):.2f}")
         print(f"  torch: original {results['original'][0]['torch']}, ours {results['ours'][0]['torch']}")
