@@ -215,6 +215,7 @@ def worker_original(args: argparse.Namespace) -> dict:
     data = np.load(work / "inputs.npz")
     n = data["frames"].shape[0]
 
+    load_usage = _usage()
     start = time.perf_counter()
     from diffusers import AutoencoderKL, TCDScheduler, UniPCMultistepScheduler
     from diffusers.image_processor import VaeImageProcessor
@@ -244,6 +245,7 @@ def worker_original(args: argparse.Namespace) -> dict:
     sync = _sync_fn(device)
     sync()
     load_s = time.perf_counter() - start
+    load_cpu = {"load_" + k: v for k, v in _usage_since(load_usage).items()}
 
     meter = Meter(sync)
     meter.wrap(brushnet, "forward", "brushnet")
@@ -303,7 +305,7 @@ def worker_original(args: argparse.Namespace) -> dict:
         alpha = alpha.astype(np.float32) / 255.0
         comp.append((g.astype(np.uint8) * alpha + f.astype(np.uint8) * (1 - alpha)).astype(np.uint8))
     np.savez(args.out, latents=out.latents.float().cpu().numpy(), generated=generated, composite=np.stack(comp))
-    return dict(load_s=load_s, sample_s=sample_s, peak_gib=_peak_memory(device), **meter.seconds, **cpu,
+    return dict(load_s=load_s, sample_s=sample_s, peak_gib=_peak_memory(device), **meter.seconds, **cpu, **load_cpu,
                 profile=_profile_table(prof), torch=torch.__version__)
 
 
@@ -318,10 +320,11 @@ def worker_ours(args: argparse.Namespace) -> dict:
     data = np.load(work / "inputs.npz")
     n = data["frames"].shape[0]
 
+    load_usage = _usage()
     start = time.perf_counter()
     from rrdpo_core.blend import blend_into_video
     from rrdpo_core.inversion import InitLatents, noise_latents, tile_noise
-    from rrdpo_core.lora import apply_kohya_lora
+    from rrdpo_core.lora import apply_kohya_lora, fuse_adapter
     from rrdpo_core.models import load_diffueraser
     from rrdpo_core.pipeline import DiffuEraserPipeline
     from rrdpo_core.schedulers import make_scheduler, sampling_timesteps
@@ -330,11 +333,14 @@ def worker_ours(args: argparse.Namespace) -> dict:
     model = load_diffueraser(work / "diffuEraser", dtype=dtype, device=device)
     if not args.no_lora:
         apply_kohya_lora(model.unet, work / LORA_FILE)
+        if args.worker == "ours_fused":
+            fuse_adapter(model.unet, "pcm")
     codec = load_vae(work / "vae", dtype=dtype, device=device)
     pipe = DiffuEraserPipeline(model, codec)
     sync = _sync_fn(device)
     sync()
     load_s = time.perf_counter() - start
+    load_cpu = {"load_" + k: v for k, v in _usage_since(load_usage).items()}
 
     meter = Meter(sync)
     meter.wrap(model.brushnet, "forward", "brushnet")
@@ -367,7 +373,7 @@ def worker_ours(args: argparse.Namespace) -> dict:
     generated = np.rint(out.frames.numpy() * 255).astype(np.uint8)
     composite = np.rint(blend_into_video(frames, out.frames, holes).numpy() * 255).astype(np.uint8)
     np.savez(args.out, latents=out.latents.numpy(), generated=generated, composite=composite)
-    return dict(load_s=load_s, sample_s=sample_s, peak_gib=_peak_memory(device), **meter.seconds, **cpu,
+    return dict(load_s=load_s, sample_s=sample_s, peak_gib=_peak_memory(device), **meter.seconds, **cpu, **load_cpu,
                 profile=_profile_table(prof), torch=torch.__version__)
 
 
@@ -440,16 +446,18 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="small random networks instead of the released sizes")
     parser.add_argument("--no-lora", action="store_true", help="run without the PCM LoRA")
     parser.add_argument("--profile", action="store_true", help="print each side's top operators (torch.profiler)")
-    parser.add_argument("--sides", default="original,ours", help="order within a round")
+    parser.add_argument("--sides", default="original,ours",
+                        help="order within a round; 'ours_fused' is ours with the PCM LoRA folded into the weights")
     parser.add_argument("--min-free-gib", type=float, default=13.0,
                         help="wait until this much memory is available before starting a side (0: never wait)")
-    parser.add_argument("--worker", choices=["original", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["original", "ours", "ours_fused"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
         fn = worker_original if args.worker == "original" else worker_ours
         result = fn(args)
+        Path(args.out).with_suffix(".json").write_text(json.dumps(result, indent=1))
         print(json.dumps(result))
         return
     if not args.original_python:
@@ -480,14 +488,14 @@ def main() -> None:
     def med(side: str, key: str) -> float:
         return statistics.median(r[key] for r in results[side])
 
-    if set(sides) == {"original", "ours"}:
-        print("\nmedians (ours / original):")
+    for ours in [s for s in sides if s.startswith("ours")] if "original" in sides else []:
+        print(f"\nmedians ({ours} / original):")
         for key in ("load_s", "sample_s", *COMPONENTS, *CPU_FIGURES, "peak_gib"):
-            o, u = med("original", key), med("ours", key)
-            print(f"  {key:<11} original {o:8.2f}   ours {u:8.2f}   ratio {u / o if o else float('nan'):.2f}")
-        print(f"  torch: original {results['original'][0]['torch']}, ours {results['ours'][0]['torch']}")
-        diff = compare(Path(results["ours"][0]["out"]), Path(results["original"][0]["out"]))
-        print("output difference, ours vs original: " + json.dumps(diff))
+            o, u = med("original", key), med(ours, key)
+            print(f"  {key:<11} original {o:8.2f}   {ours} {u:8.2f}   ratio {u / o if o else float('nan'):.2f}")
+        print(f"  torch: original {results['original'][0]['torch']}, {ours} {results[ours][0]['torch']}")
+        diff = compare(Path(results[ours][0]["out"]), Path(results["original"][0]["out"]))
+        print(f"output difference, {ours} vs original: " + json.dumps(diff))
     for side in sides:
         if len(results[side]) > 1:
             diff = compare(Path(results[side][0]["out"]), Path(results[side][1]["out"]))
