@@ -5,8 +5,10 @@ Three modes, all of which return the original pixels *exactly* outside a band ar
 ``"gaussian"`` - DiffuEraser's blend (reference/diffueraser.md §1.9): ``blur = GaussianBlur(m,
     21x21, sigma 0 -> 3.5)`` of the 0/255 mask, ``alpha = 1 - (1 - m)(1 - blur)`` quantised to
     uint8, ``out = gen * alpha + orig * (1 - alpha)``. The hole keeps the generated pixels, the
-    feather reaches 9 pixels *outward*. (We keep the result in float instead of truncating it to
-    uint8.)
+    feather reaches 9 pixels *outward*. In the feather band the result is the release's exactly:
+    both frames as 8-bit values (the generated one rounded, as its PIL output is), blended in
+    float32 and *truncated* to uint8. In the hole the generated frame is kept as it is (the
+    release rounds it to 8 bit there, which writing the video does too).
 
 ``"seamless"`` - ours, for the two ways that fixed feather fails (seed §2.6):
     1. *Colour drift.* A diffusion model's output (through the VAE) is often slightly off in
@@ -66,6 +68,20 @@ def gaussian_feather_alpha(mask: np.ndarray) -> np.ndarray:
     blur = cv2.GaussianBlur(m, (_GAUSS_KSIZE, _GAUSS_KSIZE), 0).astype(np.float64) / 255.0
     alpha = 1.0 - (1.0 - m.astype(np.float64) / 255.0) * (1.0 - blur)
     return ((alpha * 255.0).astype(np.uint8).astype(np.float32)) / np.float32(255.0)
+
+
+def _released_feather(gen: np.ndarray, orig: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """The release's composite of 8-bit pixels, in its float32 arithmetic, truncated (reference §1.9).
+
+    ``uint8(gen8 * a + orig8 * (1 - a))`` with ``gen8``/``orig8`` the frames rounded to 8 bit; the
+    float32 cast of the result truncates towards zero, so it can be one level below the rounded
+    value (e.g. when ``gen == orig``). Returned as float32 in [0, 1].
+    """
+    gen8 = np.rint(np.clip(gen, 0.0, 1.0) * 255.0).astype(np.uint8)
+    orig8 = np.rint(np.clip(orig, 0.0, 1.0) * 255.0).astype(np.uint8)
+    a = alpha.astype(np.float32)
+    blended = gen8 * a + orig8 * (np.float32(1.0) - a)
+    return blended.astype(np.uint8).astype(np.float32) / np.float32(255.0)
 
 
 def _texture_strength(frame: np.ndarray, hole: np.ndarray, sigma: float = 3.0) -> np.ndarray:
@@ -189,8 +205,11 @@ def blend_into_video(
             band = (alpha > 0) & (alpha < 1)
             a = alpha[band][:, None]
             o = out[t][band]
-            # orig + a (gen - orig): exactly orig wherever gen equals it (e.g. the flow prior).
-            out[t][band] = o + a * (g[band] - o)
+            if mode == "gaussian":
+                out[t][band] = _released_feather(g[band], o, a)
+            else:
+                # orig + a (gen - orig): exactly orig wherever gen equals it (e.g. the flow prior).
+                out[t][band] = o + a * (g[band] - o)
             full = alpha >= 1
             out[t][full] = g[full]
         if progress is not None:

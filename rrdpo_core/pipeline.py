@@ -563,6 +563,10 @@ class DiffuEraserPipeline:
             start = self._start(run, mode, prior_latents[keyframes], key_cond, single, key_noise)
             key_latents = self._sample(run, start, key_cond, single)
             key_frames = self.decode_latents(key_latents, cancel, tick)
+            # The release turns the decoded keyframes into 8-bit PIL images (rounded) and re-encodes
+            # those as BrushNet's condition (reference §1.7); the same rounding here keeps the main
+            # pass on the released trajectory.
+            key_frames = torch.round(key_frames * 255) / 255
             prior_latents = prior_latents.clone()
             prior_latents[keyframes] = key_latents
             cond = cond.clone()

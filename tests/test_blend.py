@@ -115,3 +115,26 @@ def test_bad_inputs():
     nan[0, 0, 0, 0] = np.nan
     with pytest.raises(RrdpoInputError, match="NaN"):
         blend_into_video(orig, nan, masks)
+
+
+def _released_composite(orig8: np.ndarray, gen8: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """reference/diffueraser.md §1.9, step by step, on 8-bit frames."""
+    m = hole.astype(np.uint8) * 255
+    blur = cv2.GaussianBlur(m, (21, 21), 0) / 255.0
+    alpha8 = ((1 - (1 - m / 255.0) * (1 - blur)) * 255).astype(np.uint8)
+    a = np.repeat(alpha8[..., None], 3, axis=2).astype(np.float32) / 255.0
+    return (gen8 * a + orig8 * (1 - a)).astype(np.uint8)  # the cast truncates
+
+
+def test_gaussian_composite_truncates_to_8_bit_like_the_release():
+    rng = np.random.default_rng(5)
+    orig8 = (textured(seed=6) * 255).round().astype(np.uint8)
+    gen8 = rng.integers(0, 256, orig8.shape, dtype=np.uint8)
+    hole = square_masks(1)[0]
+    out = blend_into_video(orig8[None], gen8[None] / 255.0, hole[None], mode="gaussian").numpy()[0]
+    out8 = np.rint(out * 255).astype(np.uint8)
+    np.testing.assert_array_equal(out8, _released_composite(orig8, gen8, hole))
+    # Rounding instead of truncating would differ in the band: the test can tell them apart.
+    alpha = gaussian_feather_alpha(hole)[..., None]
+    rounded = np.rint(gen8 * alpha + orig8 * (1 - alpha)).astype(np.uint8)
+    assert (rounded != out8).sum() > 100

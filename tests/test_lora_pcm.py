@@ -13,6 +13,7 @@ from rrdpo_core.lora import (
     PCM_ADAPTER,
     REGION_DPO_ADAPTER,
     apply_kohya_lora,
+    fuse_adapter,
     list_adapters,
     read_kohya_lora,
     remove_adapter,
@@ -262,3 +263,26 @@ def test_adapter_names_are_checked(model):
         remove_adapter(model.unet, REGION_DPO_ADAPTER)
     with pytest.raises(ValueError, match="no adapter named"):
         set_adapter_scale(model.unet, REGION_DPO_ADAPTER, 1.0)
+
+
+def test_fused_adapter_is_the_merged_network_and_leaves_other_adapters(model, fresh):
+    unet = model.unet
+    names = spatial_targets(unet, every=2)
+    sd = kohya_lora(unet, names, rank=4, alpha=2.0)
+    keys_before = list(unet.state_dict())
+    apply_kohya_lora(unet, sd, PCM_ADAPTER)
+    other = kohya_lora(unet, spatial_targets(unet, every=3), rank=2, alpha=1.0, seed=5)
+    apply_kohya_lora(unet, other, REGION_DPO_ADAPTER)
+    unfused = eps(model)
+
+    assert sorted(fuse_adapter(unet, PCM_ADAPTER)) == sorted(names)
+    assert list_adapters(unet) == [REGION_DPO_ADAPTER]
+    torch.testing.assert_close(eps(model), unfused, rtol=1e-10, atol=1e-10)  # float64: same network
+    remove_adapter(unet, REGION_DPO_ADAPTER)
+    assert list(unet.state_dict()) == keys_before
+    expected = fresh()
+    merged_copy(expected.unet, sd, scale=2.0 / 4)
+    for key, value in expected.unet.state_dict().items():
+        torch.testing.assert_close(unet.state_dict()[key], value, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="no adapter named"):
+        fuse_adapter(unet, PCM_ADAPTER)

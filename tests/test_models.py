@@ -62,13 +62,28 @@ def test_release_config_files_are_accepted_quietly(caplog):
     assert unet.config.time_cond_proj_dim is None  # pipelines read this key
 
 
-@pytest.mark.parametrize("key,value", [("center_input_sample", True), ("time_embedding_type", "fourier"),
-                                       ("use_motion_mid_block", False)])
-def test_release_config_asking_for_other_features_is_refused(key, value):
+@pytest.mark.parametrize("key,value", [("num_attention_heads", 16), ("motion_num_attention_heads", 4),
+                                       ("norm_eps", 1e-6), ("use_motion_mid_block", False)])
+def test_release_config_changing_the_network_invisibly_is_refused(key, value):
+    # These change what the network computes but no weight's shape: the weights cannot catch them.
     cfg = json.loads((DATA / "diffueraser_unet_main_config.release.json").read_text())
     cfg[key] = value
     with pytest.raises(ValueError, match=key), torch.device("meta"):
         DiffuEraserUNetMotionModel.from_config(cfg)
+
+
+@pytest.mark.parametrize("key,value", [("attention_head_dim", 16), ("center_input_sample", True),
+                                       ("time_embedding_type", "fourier"), ("flip_sin_to_cos", False),
+                                       ("mid_block_type", "UNetMidBlock2D"), ("conditioning_channels", 5),
+                                       ("transformer_layers_per_block", 2), ("time_cond_proj_dim", 256)])
+def test_release_config_keys_the_original_never_reads_are_ignored(key, value):
+    # The original UNetMotionModel (reference §2.6) takes none of these, so any value builds the released network.
+    cfg = json.loads((DATA / "diffueraser_unet_main_config.release.json").read_text())
+    cfg[key] = value
+    with torch.device("meta"):
+        unet = DiffuEraserUNetMotionModel.from_config(cfg)
+    assert _shapes(unet) == _manifest("diffueraser_unet_keys.json")
+    assert unet.config.time_cond_proj_dim is None
 
 
 def test_brushnet_refuses_unimplemented_config():
@@ -234,6 +249,36 @@ def test_wrong_shape_is_reported(tiny_copy):
     cfg["cross_attention_dim"] = 64  # the weights were made for 32
     cfg_file.write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match=r"shape.*attn2\.to_k\.weight: file \[\d+, 32\] vs config \[\d+, 64\]"):
+        load_diffueraser(tiny_copy)
+
+
+def _edit_unet_config(folder: Path, **changes) -> Path:
+    cfg_file = folder / "unet_main" / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg.update(changes)
+    cfg_file.write_text(json.dumps(cfg))
+    return cfg_file
+
+
+def test_config_keys_the_original_ignores_load_at_any_value(tiny_dir, tiny_copy):
+    # A unet_main/config.json the original code wrote from another 2D UNet: attention_head_dim is an SD1.5
+    # leftover the original UNetMotionModel never reads (it uses num_attention_heads), so it must load and
+    # compute exactly what the untouched folder computes.
+    _edit_unet_config(tiny_copy, attention_head_dim=16, center_input_sample=True, flip_sin_to_cos=False)
+    edited, reference = load_diffueraser(tiny_copy), load_diffueraser(tiny_dir)
+    latents, cond, text = _inputs(frames=3)
+    torch.testing.assert_close(edited.predict_eps(latents, 499, text, cond, 3),
+                               reference.predict_eps(latents, 499, text, cond, 3), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("changes,pattern", [
+    (dict(num_attention_heads=4), r"unet_main.config\.json.*num_attention_heads=4.*trained with num_attention_heads=8"),
+    (dict(motion_num_attention_heads=16), r"unet_main.config\.json.*motion_num_attention_heads=16"),
+    (dict(block_out_channels=[32, 64, 96, 128]), r"unet_main.*does not hold DiffuEraser's unet_main weights for its config\.json: \d+ missing"),
+])
+def test_config_keys_that_change_the_network_are_refused(tiny_copy, changes, pattern):
+    _edit_unet_config(tiny_copy, **changes)
+    with pytest.raises(CheckpointError, match=pattern):
         load_diffueraser(tiny_copy)
 
 

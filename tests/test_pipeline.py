@@ -166,6 +166,44 @@ def test_keyframe_pass_runs_for_more_than_44_frames(fake):
     assert out.keyframes == [] and all(c["frames"] == 22 for c in model.calls)
 
 
+class RecordingCodec:
+    """Wraps a codec and keeps what it was asked to encode and what it decoded, in call order."""
+
+    def __init__(self, codec):
+        self.codec, self.encoded, self.decoded = codec, [], []
+
+    def encode(self, images, generator=None):
+        self.encoded.append(images.detach().clone())
+        return self.codec.encode(images, generator=generator)
+
+    def decode(self, latents):
+        images = self.codec.decode(latents)
+        self.decoded.append(images.detach().clone())
+        return images
+
+
+def test_keyframes_are_rounded_to_8_bit_before_they_become_the_condition():
+    # Released behaviour (reference §1.7): the keyframe result is decoded, post-processed to 8-bit PIL
+    # frames ((x/2 + 0.5).clamp(0, 1) * 255, rounded), and those frames - read back as k/255 and mapped
+    # to [-1, 1] - are what BrushNet's condition encodes for the keyframes of the main pass.
+    codec = RecordingCodec(make_tiny_vae(seed=0, sample=False))
+    pipe = DiffuEraserPipeline(FakeDenoiser(), codec)
+    n = 45
+    frames, masks = _video(n, size=16)
+    out = pipe(frames, masks, frames, torch.randn(1, 77, 8, generator=torch.Generator().manual_seed(0)), seed=0)
+    keys = out.keyframes
+    assert len(keys) == 22
+    encoded = torch.cat(codec.encoded)  # prior (n), condition (n), then the keyframes' new condition
+    assert encoded.shape[0] == 2 * n + len(keys)
+    reencoded = encoded[2 * n:]
+    decoded = torch.cat(codec.decoded)[: len(keys)]  # the keyframe pass is decoded before the main pass
+    eight_bit = torch.round((decoded / 2 + 0.5).clamp(0, 1) * 255)
+    expected = (eight_bit / 255) * 2 - 1
+    torch.testing.assert_close(reencoded, expected, rtol=0, atol=0)
+    # The float frames would differ: the test can tell the two paths apart.
+    assert float((decoded.clamp(-1, 1) - expected).abs().max()) > 1e-4
+
+
 def test_prepared_latents_give_the_same_result_as_one_call(fake):
     model, pipe, text = fake
     for n in (30, 45):  # without and with the keyframe pass

@@ -12,16 +12,18 @@ network visibly changes epsilon.
 """
 from __future__ import annotations
 
+import json
 import os
+import struct
 from pathlib import Path
 from typing import Union
 
 import torch
 
 from .diffueraser import DiffuEraserModel, packaged_config
-from .loader import save_diffueraser
+from .loader import _COMPONENTS, CONFIG_NAME, _atomic_write, save_diffueraser, weights_name
 
-__all__ = ["write_tiny_diffueraser", "tiny_diffueraser", "randomize_"]
+__all__ = ["write_tiny_diffueraser", "tiny_diffueraser", "randomize_", "write_random_diffueraser"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -76,3 +78,61 @@ def write_tiny_diffueraser(path: PathLike, seed: int = 0, dtype: torch.dtype = t
     """
     model = tiny_diffueraser(seed=seed, cross_attention_dim=cross_attention_dim)
     return save_diffueraser(model, path, variant=variant, dtype=dtype)
+
+
+def write_random_diffueraser(path: PathLike, seed: int = 0, brushnet_config: str = "brushnet",
+                             unet_config: str = "unet_main") -> Path:
+    """Write a DiffuEraser with random, non-zero weights in the released layout, at any size.
+
+    With the default configs this is the released architecture (3.54 + 5.25 GB in fp32), for
+    benchmarks that need real network sizes without the real weights. Tensors are generated and
+    written one at a time, so memory stays at the largest tensor, not the model. Weights follow
+    ``randomize_``'s scales: ``N(0, 1/fan_in)`` for matrices and kernels (BrushNet's zero convs
+    included), ``1 + 0.05 N(0, 1)`` for norm scales, ``0.05 N(0, 1)`` for biases; the motion
+    modules' ``pos_embed.pe`` buffers are written with their computed values.
+    """
+    from accelerate import init_empty_weights
+
+    root = Path(path)
+    gen = torch.Generator().manual_seed(seed)
+    for name, config_name in (("brushnet", brushnet_config), ("unet_main", unet_config)):
+        cls, released_name = _COMPONENTS[name]
+        with init_empty_weights():  # parameters on "meta", buffers real
+            network = cls.from_config(packaged_config(config_name))
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        config = json.loads(network.to_json_string())
+        config["_class_name"] = released_name
+        _atomic_write(folder / CONFIG_NAME, lambda tmp, c=config: Path(tmp).write_text(
+            json.dumps(c, indent=2, sort_keys=True) + "\n", encoding="utf-8"))
+        state = network.state_dict()
+
+        def values(key: str, like: torch.Tensor) -> torch.Tensor:
+            if not like.is_meta:  # computed buffers (pos_embed.pe)
+                return like.detach().float().contiguous()
+            noise = torch.randn(like.shape, generator=gen, dtype=torch.float32)
+            if like.ndim >= 2:
+                return noise / like[0].numel() ** 0.5
+            if "norm" in key and key.endswith(".weight"):
+                return 1.0 + 0.05 * noise
+            return 0.05 * noise
+
+        _atomic_write(folder / weights_name(), lambda tmp, st=state, v=values: _stream_safetensors(tmp, st, v))
+    return root
+
+
+def _stream_safetensors(file: PathLike, shapes: dict[str, torch.Tensor], make) -> None:
+    """Write float32 tensors ``make(key, shapes[key])`` in the safetensors format, one at a time."""
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for key, like in shapes.items():
+        size = like.numel() * 4
+        header[key] = {"dtype": "F32", "shape": list(like.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)  # the data must start 8-byte aligned
+    with open(file, "wb") as fh:
+        fh.write(struct.pack("<Q", len(blob)))
+        fh.write(blob)
+        for key, like in shapes.items():
+            fh.write(make(key, like).numpy().tobytes())

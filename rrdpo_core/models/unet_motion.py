@@ -15,6 +15,8 @@ scaling through ``cross_attention_kwargs["scale"]``) follows the parent class.
 """
 from __future__ import annotations
 
+import inspect
+import logging
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -26,39 +28,54 @@ from ._blocks import (add_residual, block_residual_count, run_down_block, run_mo
 
 __all__ = ["DiffuEraserUNetMotionModel"]
 
-# Keys an SD1.5-derived unet_main/config.json carries (UNetMotionModel.from_unet2d copies the 2D
-# UNet's config) that UNetMotionModel does not take. At these values they describe what
-# UNetMotionModel builds anyway, so they are dropped quietly; any other value asks for a feature
-# this network does not have, and is an error rather than a warning.
-_INERT_LEFTOVER_KEYS: dict[str, tuple[Any, ...]] = {
+logger = logging.getLogger(__name__)
+
+# What the original DiffuEraser ``UNetMotionModel.__init__`` (libs/unet_motion_model.py of the
+# release) takes. A released-layout config.json also carries the SD1.5 UNet's keys, copied by
+# ``from_unet2d`` (attention_head_dim, center_input_sample, flip_sin_to_cos, ...): the original
+# never reads them, so whatever their values it builds the same network, and so do we.
+_ORIGINAL_ARGS = frozenset({
+    "sample_size", "in_channels", "conditioning_channels", "out_channels", "down_block_types", "mid_block_type",
+    "up_block_types", "block_out_channels", "layers_per_block", "downsample_padding", "mid_block_scale_factor",
+    "act_fn", "norm_num_groups", "norm_eps", "cross_attention_dim", "use_linear_projection", "num_attention_heads",
+    "motion_max_seq_length", "motion_num_attention_heads", "use_motion_mid_block", "encoder_hid_dim",
+    "encoder_hid_dim_type", "conditioning_embedding_out_channels",
+})
+# Arguments the original takes but never uses (a ControlNet conditioning embedding that is
+# commented out; the mid block is chosen by use_motion_mid_block, not by this name).
+_ORIGINAL_UNUSED = frozenset({"conditioning_channels", "conditioning_embedding_out_channels", "mid_block_type"})
+# Keys diffusers' UNetMotionModel reads but the original does not: the original always builds
+# one spatial and one temporal transformer layer per block, one mid-block layer, no extra time or
+# class embeddings. These values make the parent class build exactly that, whatever the file says.
+_ORIGINAL_IMPLIED: dict[str, Any] = {
+    "transformer_layers_per_block": 1,
+    "reverse_transformer_layers_per_block": None,
+    "temporal_transformer_layers_per_block": 1,
+    "reverse_temporal_transformer_layers_per_block": None,
+    "transformer_layers_per_mid_block": None,
+    "temporal_transformer_layers_per_mid_block": 1,
+    "reverse_motion_num_attention_heads": None,
+    "mid_block_layers": 1,
+    "addition_embed_type": None,
+    "addition_time_embed_dim": None,
+    "projection_class_embeddings_input_dim": None,
+    "time_cond_proj_dim": None,
+}
+# Arguments the original does read that change what the network computes without changing any
+# weight's shape, so the weights file cannot vouch for them. DiffuEraser's unet_main was trained
+# with these values; another value would load the same tensors into a different network and give
+# silently wrong results, so it is refused. (Shape-changing keys such as block_out_channels or
+# cross_attention_dim are checked by the loader against the weights.)
+_SHAPE_INVISIBLE: dict[str, tuple[Any, ...]] = {
+    "num_attention_heads": (8, [8, 8, 8, 8], (8, 8, 8, 8)),
+    "motion_num_attention_heads": (8,),
     "act_fn": ("silu",),
-    "addition_embed_type_num_heads": (64,),
-    "attention_head_dim": (8,),
-    "attention_type": ("default",),
-    "center_input_sample": (False,),
-    "class_embed_type": (None,),
-    "class_embeddings_concat": (False,),
-    "conditioning_channels": (3,),
-    "conditioning_embedding_out_channels": ([16, 32, 96, 256], (16, 32, 96, 256)),
-    "conv_in_kernel": (3,),
-    "conv_out_kernel": (3,),
-    "cross_attention_norm": (None,),
-    "dropout": (0.0,),
-    "dual_cross_attention": (False,),
-    "flip_sin_to_cos": (True,),
-    "freq_shift": (0,),
-    "mid_block_only_cross_attention": (None, False),
-    "mid_block_type": ("UNetMidBlock2DCrossAttn", "UNetMidBlockCrossAttnMotion"),
-    "num_class_embeds": (None,),
-    "only_cross_attention": (False,),
-    "resnet_out_scale_factor": (1.0,),
-    "resnet_skip_time_act": (False,),
-    "resnet_time_scale_shift": ("default",),
-    "time_embedding_act_fn": (None,),
-    "time_embedding_dim": (None,),
-    "time_embedding_type": ("positional",),
-    "timestep_post_act": (None,),
-    "upcast_attention": (None, False),
+    "norm_num_groups": (32,),
+    "norm_eps": (1e-5,),
+    "mid_block_scale_factor": (1, 1.0),
+    "downsample_padding": (1,),
+    "use_motion_mid_block": (True,),
+    "encoder_hid_dim_type": (None,),
 }
 
 
@@ -71,25 +88,36 @@ class DiffuEraserUNetMotionModel(UNetMotionModel):
 
     @classmethod
     def extract_init_dict(cls, config_dict, **kwargs):
+        """Read a config the way the original DiffuEraser ``UNetMotionModel`` does.
+
+        Keys the original never reads are ignored at any value; keys only diffusers reads are set to
+        what the original builds; keys that change the network invisibly to the weights must have
+        DiffuEraser's values (ValueError naming the key otherwise).
+        """
         config_dict = dict(config_dict)
-        for key, allowed in _INERT_LEFTOVER_KEYS.items():
-            if key not in config_dict:
+        for key, allowed in _SHAPE_INVISIBLE.items():
+            if key in config_dict and config_dict[key] not in allowed:
+                raise ValueError(
+                    f"unet_main config sets {key}={config_dict[key]!r}, but DiffuEraser's motion UNet was trained with "
+                    f"{key}={allowed[0]!r}. The weights do not record this value, so loading them into such a network "
+                    "would silently give wrong results; use the config.json that came with the DiffuEraser weights"
+                )
+        parent_args = set(inspect.signature(UNetMotionModel.__init__).parameters) - {"self"}
+        ignored = {}
+        for key in list(config_dict):
+            if key.startswith("_") or key in _ORIGINAL_ARGS - _ORIGINAL_UNUSED:
                 continue
-            value = config_dict[key]
-            if value not in allowed:
-                raise ValueError(
-                    f"unet_main config asks for {key}={value!r}, which DiffuEraser's motion UNet does not implement "
-                    f"(supported: {allowed[0]!r}); use the config.json that came with the DiffuEraser weights"
-                )
-            if key not in ("act_fn",):  # act_fn is a real UNetMotionModel argument too
-                del config_dict[key]
-        for key, wanted in (("use_motion_mid_block", True), ("addition_embed_type", None),
-                            ("encoder_hid_dim_type", None)):
-            if config_dict.get(key, wanted) != wanted:
-                raise ValueError(
-                    f"DiffuEraserUNetMotionModel needs {key}={wanted!r} (the released unet_main has it), "
-                    f"got {config_dict[key]!r}"
-                )
+            if key in _ORIGINAL_IMPLIED:
+                if config_dict[key] != _ORIGINAL_IMPLIED[key]:
+                    ignored[key] = config_dict[key]
+                config_dict[key] = _ORIGINAL_IMPLIED[key]
+            elif key not in parent_args or key in _ORIGINAL_UNUSED:
+                ignored[key] = config_dict.pop(key)
+        for key, value in _ORIGINAL_IMPLIED.items():
+            config_dict.setdefault(key, value)
+        if ignored:
+            logger.debug("unet_main config: ignoring %s, which the original DiffuEraser UNetMotionModel does not read",
+                         sorted(ignored))
         return super().extract_init_dict(config_dict, **kwargs)
 
     @property
