@@ -46,3 +46,16 @@ def test_registry_metadata():
     reqs = (REPO_ROOT / "requirements.txt").read_text().lower().splitlines()
     names = [r.split("#")[0].strip() for r in reqs if r.split("#")[0].strip()]
     assert not any(n.startswith(("torch", "torchvision")) for n in names)
+
+
+def test_tests_run_from_a_checkout_whose_folder_name_has_a_hyphen(tmp_path):
+    # Packs are cloned as "ComfyUI-Something"; pytest then imports the root __init__.py as a lone
+    # module (no package), where the relative import of the nodes used to fail every collection.
+    import shutil
+
+    clone = tmp_path / "ComfyUI-Region-Reg-DPO"
+    shutil.copytree(REPO_ROOT, clone, ignore=shutil.ignore_patterns(".git", "__pycache__", "*.png", "*.mp4"))
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_zones.py",
+                          "-k", "threshold"], cwd=clone, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert "1 passed" in run.stdout
