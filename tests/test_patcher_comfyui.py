@@ -76,6 +76,23 @@ with torch.inference_mode():  # as ComfyUI runs nodes
     assert not mm.loaded_models()
     assert iso.model_digest(model) == digest, "cached model unchanged after ComfyUI unloaded it"
     assert base.model_size() == sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+    # The nodes' placement: fully loaded through ComfyUI ("none"/"windows") or block-offloaded, same epsilon.
+    Mem = importlib.import_module(name + ".nodes._memory")
+    outs = {}
+    for level in ("none", "windows", "blocks"):
+        with Mem.diffueraser_running(patched, 64, 64, 4, offload=level) as (denoiser, placement):
+            assert placement.level == level
+            outs[level] = denoiser.predict_eps(x, 500, te, c, 4)
+            if level == "blocks":
+                assert any(hasattr(mod, "_diffusers_hook") for mod in model.modules())
+                assert not any(lm is patched for lm in mm.loaded_models())
+            else:
+                assert any(lm is patched for lm in mm.loaded_models())
+        torch.testing.assert_close(outs[level], want_lora, rtol=1e-4, atol=1e-5)
+    assert not any(hasattr(mod, "_diffusers_hook") for mod in model.modules())
+    mm.unload_all_models()
+    assert iso.model_digest(model) == digest, "cached model unchanged after the placements"
 print("PATCHER_OK")
 """
 
