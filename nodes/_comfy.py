@@ -6,10 +6,11 @@ inside ComfyUI and outside it (tests import it by path with small stubs of ``fol
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -74,15 +75,29 @@ def list_files(name: str) -> list[str]:
         return []
 
 
-def full_path(name: str, filename: str) -> str:
-    """Resolve a file picked from a ComfyUI list, with an error that names the folder to use."""
+def with_placeholders(found: list[str], *expected: str) -> list[str]:
+    """``found`` plus each expected default name that is missing from it.
+
+    ComfyUI refuses a workflow whose combo value is not in the list ("Value not in list") before any
+    node runs, so a user with an empty model folder would never see where the files come from. The
+    shipped default names therefore stay in the list; picking a missing one raises the pack's
+    message (see :func:`full_path`).
+    """
+    return list(found) + [name for name in expected if name not in found]
+
+
+def full_path(name: str, filename: str, source: str = "") -> str:
+    """Resolve a file picked from a ComfyUI list, with an error that names the folder to use and,
+    given ``source``, where the file comes from."""
     fp = folder_paths()
     if fp is None:
         raise FileNotFoundError(f"{filename!r}: ComfyUI's folder_paths is not available")
     path = fp.get_full_path(name, filename)
     if path is None:
         folders = ", ".join(model_folder_paths(name)) or f"models/{name}"
-        raise FileNotFoundError(f"{filename!r} was not found in the {name!r} model folder(s): {folders}")
+        where = f" {source}" if source else ""
+        raise FileNotFoundError(f"{filename!r} was not found in the {name!r} model folder(s): {folders}.{where} "
+                                "Then refresh ComfyUI (R) and run again.")
     return path
 
 
@@ -145,6 +160,17 @@ def interrupt_aware(fn: Callable) -> Callable:
             raise
 
     return wrapper
+
+
+@contextlib.contextmanager
+def building_model() -> Iterator[None]:
+    """Create networks and adapters as normal tensors, even inside ComfyUI's ``inference_mode()``.
+
+    Tensors created in inference mode can never get ``requires_grad`` or be saved for backward
+    later; a model shared between nodes (and cached by ComfyUI) must not be made of them.
+    """
+    with torch.inference_mode(False), torch.no_grad():
+        yield
 
 
 def torch_device() -> torch.device:

@@ -23,7 +23,8 @@ class RRDPOInpaintingMetrics:
         return {
             "required": {
                 "result": ("IMAGE", {"tooltip": "The inpainted frames (after Blend Into Video)."}),
-                "mask": ("MASK", {"tooltip": "The hole mask that was filled, 1 = hole."}),
+                "mask": ("MASK", {"tooltip": "The hole mask that was filled, 1 = hole (one per frame or one for all "
+                                             "frames; resized to the frames if its size differs, as the report says)."}),
                 "band_px": ("INT", {"default": 8, "min": 1, "max": 64,
                                     "tooltip": "Width of the boundary band for the zone metrics."}),
             },
@@ -37,8 +38,11 @@ class RRDPOInpaintingMetrics:
         from ..rrdpo_core.metrics import evaluate_inpainting
         from ..rrdpo_core.visualize import metrics_chart
 
-        report = evaluate_inpainting(result, truth, mask, band_px=band_px, cancel=_comfy.cancel_requested)
-        text = report.format_table()
+        from ..rrdpo_core.framing import fit_mask
+
+        fit = fit_mask(mask, *result.shape[:3])
+        report = evaluate_inpainting(result, truth, fit.mask, band_px=band_px, cancel=_comfy.cancel_requested)
+        text = report.format_table() + (f"\nmask: {fit.report}" if fit.notes else "")
         chart = metrics_chart(report.to_dict(), title="Inpainting metrics")
         return {"ui": {"text": [text]}, "result": (text, chart)}
 

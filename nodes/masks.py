@@ -17,40 +17,47 @@ class RRDPOZoneMasks:
     )
     CATEGORY = CATEGORY
     FUNCTION = "split"
-    RETURN_TYPES = ("MASK", "MASK", "MASK", "IMAGE")
-    RETURN_NAMES = ("hole", "boundary", "context", "overlay")
+    RETURN_TYPES = ("MASK", "MASK", "MASK", "IMAGE", "STRING")
+    RETURN_NAMES = ("hole", "boundary", "context", "overlay", "report")
     OUTPUT_TOOLTIPS = (
         "The hole itself (1 = pixels to fill).",
         "The band of band_px pixels just outside the hole, where seams show.",
         "Everything else: pixels the result must leave untouched.",
         "The frames (or grey) with the hole tinted red and the boundary band yellow.",
+        "What was adjusted: a mask used for all frames or resized to the images.",
     )
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "mask": ("MASK", {"tooltip": "Hole mask per frame, [frames, H, W]; hole where > 0.5."}),
+                "mask": ("MASK", {"tooltip": "Hole mask, [frames, H, W] or one mask for all frames; hole where > 0.5."}),
                 "band_px": ("INT", {"default": 8, "min": 0, "max": 128, "step": 1,
                                     "tooltip": "Width of the boundary band in pixels (design range 5-15)."}),
             },
             "optional": {
-                "images": ("IMAGE", {"tooltip": "Optional frames to draw the overlay on (same size as the mask)."}),
+                "images": ("IMAGE", {"tooltip": "Optional frames to draw the overlay on; the mask is fitted to them "
+                                                "(one mask for all frames, resized if its size differs)."}),
             },
         }
 
     def split(self, mask: torch.Tensor, band_px: int, images: torch.Tensor | None = None):
+        from ..rrdpo_core.framing import fit_mask
+
         if mask.ndim == 2:
             mask = mask[None]
+        notes = []
+        if images is not None:
+            if images.shape[0] == 1 and mask.shape[0] > 1:  # one picture under every mask frame
+                images = images.expand(mask.shape[0], -1, -1, -1)
+            elif mask.shape[0] not in (1, images.shape[0]):
+                raise ValueError(f"images: {images.shape[0]} frames but the mask has {mask.shape[0]}; pass one "
+                                 "image per mask frame, one mask for all frames, or one image")
+            fit = fit_mask(mask, *images.shape[:3])
+            mask, notes = fit.mask, fit.notes
         zones = decompose_zones(mask, band_px=band_px)
-        if images is not None and images.shape[0] != mask.shape[0] and images.shape[0] != 1:
-            raise ValueError(
-                f"images: {images.shape[0]} frames but the mask has {mask.shape[0]}; pass one image per mask frame"
-            )
-        if images is not None and images.shape[0] == 1 and mask.shape[0] > 1:
-            images = images.expand(mask.shape[0], -1, -1, -1)
         overlay = zone_overlay(zones, images[..., :3] if images is not None else None)
-        return (zones.hole, zones.boundary, zones.context, overlay)
+        return (zones.hole, zones.boundary, zones.context, overlay, "; ".join(notes) or "mask used as given")
 
 
 class RRDPOPrepareVideoMask:
@@ -60,29 +67,43 @@ class RRDPOPrepareVideoMask:
     )
     CATEGORY = CATEGORY
     FUNCTION = "prepare"
-    RETURN_TYPES = ("MASK",)
-    RETURN_NAMES = ("mask",)
-    OUTPUT_TOOLTIPS = ("Binary hole mask, 1 = fill.",)
+    RETURN_TYPES = ("MASK", "STRING")
+    RETURN_NAMES = ("mask", "report")
+    OUTPUT_TOOLTIPS = ("Binary hole mask, 1 = fill (one per frame when images are given).",
+                       "What was adjusted: the mask resized to the frames, or one mask used for all frames.")
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "mask": ("MASK", {"tooltip": "Object mask per frame, [frames, H, W]."}),
+                "mask": ("MASK", {"tooltip": "Object mask per frame, [frames, H, W], or one mask for all frames."}),
                 "dilation_iter": ("INT", {"default": 8, "min": 0, "max": 64, "step": 1,
                                           "tooltip": "3x3 dilations after the erosion (DiffuEraser's default: 8)."}),
                 "erode": ("BOOLEAN", {"default": True,
                                       "tooltip": "Erode once first, as DiffuEraser does, to remove 1-px noise."}),
             },
             "optional": {
-                "images": ("IMAGE", {"tooltip": "Frames: if given, the mask is resized (nearest) to their size."}),
+                "images": ("IMAGE", {"tooltip": "Frames: if given, the mask is resized (nearest) to their size, and "
+                                                "one mask is repeated for all of them; the report says so."}),
             },
         }
 
     def prepare(self, mask: torch.Tensor, dilation_iter: int, erode: bool, images: torch.Tensor | None = None):
+        from ..rrdpo_core.framing import fit_mask
+
+        if mask.ndim == 2:
+            mask = mask[None]
         size = tuple(images.shape[1:3]) if images is not None else None
         out = prepare_masks(mask, dilation_iter=dilation_iter, size=size, erode=erode)
-        return (out.to(mask.device),)
+        notes = []
+        if size is not None and tuple(mask.shape[-2:]) != size:
+            notes.append(f"mask resized from {mask.shape[-1]}x{mask.shape[-2]} to the frame size {size[1]}x{size[0]} "
+                         "(nearest)")
+        if images is not None:
+            fit = fit_mask(out, images.shape[0], *size)  # checks the frame count; repeats one mask
+            out = fit.mask
+            notes += [n for n in fit.notes if "resized" not in n]
+        return (out.to(mask.device), "; ".join(notes) or "mask used as given")
 
 
 NODE_CLASS_MAPPINGS = {

@@ -12,6 +12,16 @@ from . import _comfy
 CATEGORY = "Region-Reg-DPO/models"
 NONE = "none"
 DTYPES = ("auto", "fp16", "bf16", "fp32")
+# Names the shipped workflows use; kept in the lists as placeholders when absent (see _comfy.with_placeholders).
+DEFAULT_MODEL = "diffuEraser"
+DEFAULT_PCM = "pcm_sd15_smallcfg_2step_converted.safetensors"
+DEFAULT_REGION_LORA = "rrdpo/region_dpo_lora.safetensors"
+MODEL_SOURCE = ("Put the released DiffuEraser weights there as <name>/brushnet/ and <name>/unet_main/ "
+                "(config.json + diffusion_pytorch_model.safetensors each) from huggingface.co/lixiaowen/diffuEraser.")
+PCM_SOURCE = (f"Download {DEFAULT_PCM} from huggingface.co/wangfuyun/PCM_Weights (folder sd15) into models/loras, "
+              "or set pcm_lora to none (then use unipc/ddim with about 20 steps).")
+REGION_LORA_SOURCE = ("Train one with the Region-Reg-DPO Trainer (workflow d), which writes "
+                      f"models/loras/{DEFAULT_REGION_LORA}, or pick another Region-DPO LoRA.")
 
 
 @dataclass(frozen=True)
@@ -64,7 +74,7 @@ def _resolve_model_dir(name: str) -> Path:
     raise FileNotFoundError(
         f"DiffuEraser model {name!r} not found in {folders}. Put the released weights there as "
         f"<name>/brushnet/{{config.json, diffusion_pytorch_model.safetensors}} and <name>/unet_main/{{...}} "
-        f"(huggingface.co/lixiaowen/diffuEraser)."
+        f"(huggingface.co/lixiaowen/diffuEraser), then refresh ComfyUI (R)."
     )
 
 
@@ -87,11 +97,12 @@ class RRDPOLoadDiffuEraser:
 
     @classmethod
     def INPUT_TYPES(cls):
-        loras = [NONE] + _comfy.list_files("loras")
+        loras = _comfy.with_placeholders([NONE] + _comfy.list_files("loras"), DEFAULT_PCM)
         return {
             "required": {
-                "model_name": (list_diffueraser_models() or [NONE], {
-                    "tooltip": "A folder in models/diffueraser holding brushnet/ and unet_main/ (the released weights)."}),
+                "model_name": (list_diffueraser_models() or [DEFAULT_MODEL], {
+                    "tooltip": "A folder in models/diffueraser holding brushnet/ and unet_main/ (the released weights). "
+                               f"With none there, '{DEFAULT_MODEL}' is listed and says where to get them."}),
                 "dtype": (list(DTYPES), {"default": "auto",
                                          "tooltip": "Compute precision on the GPU (auto = fp16); the CPU always uses fp32."}),
                 "pcm_lora": (loras, {"default": NONE,
@@ -111,14 +122,19 @@ class RRDPOLoadDiffuEraser:
         path = _resolve_model_dir(model_name)
         dev = _comfy.torch_device()
         cdtype = compute_dtype(dtype, dev)
-        # Keep the weights on the offload device between runs; the sampler moves them when it runs.
-        model = load_diffueraser(path, dtype=cdtype, device=_comfy.offload_device())
-        pcm_path, pcm_steps = None, None
-        if pcm_lora != NONE:
-            from ..rrdpo_core.lora import apply_kohya_lora
+        pcm_path = _comfy.full_path("loras", pcm_lora, PCM_SOURCE) if pcm_lora != NONE else None
+        # ComfyUI runs nodes under torch.inference_mode(); weights and adapters made there would be
+        # inference tensors, which later nodes can neither switch adapters on (peft's set_adapter
+        # flips requires_grad) nor train through. Build them as normal tensors instead.
+        with _comfy.building_model():
+            # Keep the weights on the offload device between runs; the sampler moves them when it runs.
+            model = load_diffueraser(path, dtype=cdtype, device=_comfy.offload_device())
+            if pcm_path is not None:
+                from ..rrdpo_core.lora import apply_kohya_lora
 
-            pcm_path = _comfy.full_path("loras", pcm_lora)
-            apply_kohya_lora(model.unet, pcm_path, adapter_name="pcm")
+                apply_kohya_lora(model.unet, pcm_path, adapter_name="pcm")
+        pcm_steps = None
+        if pcm_path is not None:
             name = os.path.basename(pcm_lora).lower()
             pcm_steps = next((n for n in (2, 4, 8, 16) if f"{n}step" in name), None)
         return (DiffuEraserHandle(model=model, name=model_name, compute_dtype=cdtype, pcm_lora=pcm_path,
@@ -141,7 +157,7 @@ class RRDPOApplyRegionDPOLoRA:
         return {
             "required": {
                 "diffueraser": ("DIFFUERASER", {"tooltip": "From Load DiffuEraser."}),
-                "lora_name": (_comfy.list_files("loras") or [NONE], {
+                "lora_name": (_comfy.with_placeholders(_comfy.list_files("loras"), DEFAULT_REGION_LORA), {
                     "tooltip": "A Region-DPO LoRA file; trained ones are saved to models/loras/rrdpo/."}),
                 "strength": ("FLOAT", {"default": 1.0, "min": -2.0, "max": 2.0, "step": 0.05,
                                        "tooltip": "Scale of the LoRA's change (0 = base model, 1 = as trained)."}),
@@ -153,7 +169,7 @@ class RRDPOApplyRegionDPOLoRA:
 
         if lora_name == NONE:
             raise FileNotFoundError("No LoRA selected: put a Region-DPO LoRA in models/loras (or train one).")
-        path = _comfy.full_path("loras", lora_name)
+        path = _comfy.full_path("loras", lora_name, REGION_LORA_SOURCE)
         lora = load_region_lora(path)  # refuses files that are not Region-DPO LoRAs
         check_base_model(lora, diffueraser.model.unet)  # refuses another base model, now rather than later
         return (diffueraser.with_lora(path, strength),)

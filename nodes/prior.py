@@ -7,18 +7,21 @@ from . import _comfy
 
 CATEGORY = "Region-Reg-DPO/prior"
 NONE = "none"
+PROPAINTER_FILES = ("ProPainter.pth", "recurrent_flow_completion.pth", "raft-things.pth")
 _OUTPUTS = dict(
-    RETURN_TYPES=("IMAGE", "MASK", "IMAGE"),
-    RETURN_NAMES=("prior", "visibility", "visibility_preview"),
+    RETURN_TYPES=("IMAGE", "MASK", "IMAGE", "STRING"),
+    RETURN_NAMES=("prior", "visibility", "visibility_preview", "report"),
     OUTPUT_TOOLTIPS=(
         "The frames with the holes filled (outside the holes: the input exactly).",
         "1 where a hole pixel was seen in another frame (high temporal visibility), 0 where it never was.",
         "The visibility over the frames: seen hole pixels green, never-seen ones magenta.",
+        "What was adjusted: a mask used for all frames or resized to the frames.",
     ),
 )
 _COMMON_INPUTS = {
     "images": ("IMAGE", {"tooltip": "The original frames."}),
-    "mask": ("MASK", {"tooltip": "Hole mask per frame (prepared), 1 = remove."}),
+    "mask": ("MASK", {"tooltip": "Hole mask (prepared), 1 = remove: one per frame or one for all frames; resized "
+                                 "to the frames if its size differs."}),
 }
 
 
@@ -32,11 +35,17 @@ def visibility_preview(frames: torch.Tensor, holes: torch.Tensor, visibility: to
     return out.clamp(0, 1)
 
 
-def _outputs(images, mask, result):
-    holes = mask if mask.ndim == 3 else mask[None].expand(images.shape[0], -1, -1)
+def _fit(images, mask):
+    """One mask per frame at the frame size (one mask serves all frames; another size is resized)."""
+    from ..rrdpo_core.framing import fit_mask
+
+    return fit_mask(mask, *images.shape[:3])
+
+
+def _outputs(fit, result):
     prior = result.frames.float().cpu()
     visibility = result.visibility.float().cpu()
-    return (prior, visibility, visibility_preview(prior, holes, visibility))
+    return (prior, visibility, visibility_preview(prior, fit.mask, visibility), fit.report or "mask used as given")
 
 
 class RRDPOFlowPrior:
@@ -63,9 +72,10 @@ class RRDPOFlowPrior:
     def run(self, images, mask, flow_downscale, preset):
         from ..rrdpo_core.prior import flow_propagation_prior
 
-        result = flow_propagation_prior(images, mask, flow_downscale=flow_downscale, preset=preset,
+        fit = _fit(images, mask)
+        result = flow_propagation_prior(images, fit.mask, flow_downscale=flow_downscale, preset=preset,
                                         progress=_comfy.Progress(), cancel=_comfy.cancel_requested)
-        return _outputs(images, mask, result)
+        return _outputs(fit, result)
 
 
 class RRDPOProPainterPrior:
@@ -80,11 +90,16 @@ class RRDPOProPainterPrior:
 
     @classmethod
     def INPUT_TYPES(cls):
-        files = _comfy.list_files("propainter") or [NONE]
+        found = _comfy.list_files("propainter")
 
         def pick(name):
             hit = [f for f in files if f.lower().endswith(name.lower())]
             return hit[0] if hit else files[0]
+
+        # The three official names stay listed when missing, so a shipped workflow validates and running
+        # it says where the weights go (instead of ComfyUI's "Value not in list").
+        files = _comfy.with_placeholders(found, *[n for n in PROPAINTER_FILES
+                                                  if not any(f.lower().endswith(n.lower()) for f in found)])
 
         return {
             "required": dict(
@@ -105,21 +120,21 @@ class RRDPOProPainterPrior:
     def run(self, images, mask, propainter, flow_completion, raft, mask_dilation, raft_iter, resize_ratio):
         from ..rrdpo_core.prior.propainter import load_propainter, propainter_prior
 
+        source = ("Put ProPainter.pth, recurrent_flow_completion.pth and raft-things.pth in models/propainter "
+                  "(github.com/sczhou/ProPainter releases, v0.1.0).")
         if NONE in (propainter, flow_completion, raft):
-            raise FileNotFoundError(
-                "ProPainter weights not found: put ProPainter.pth, recurrent_flow_completion.pth and raft-things.pth "
-                "in models/propainter (github.com/sczhou/ProPainter releases) and refresh."
-            )
-        files = {"propainter": _comfy.full_path("propainter", propainter),
-                 "flow_completion": _comfy.full_path("propainter", flow_completion),
-                 "raft": _comfy.full_path("propainter", raft)}
+            raise FileNotFoundError(f"ProPainter weights not found. {source} Then refresh ComfyUI (R).")
+        files = {"propainter": _comfy.full_path("propainter", propainter, source),
+                 "flow_completion": _comfy.full_path("propainter", flow_completion, source),
+                 "raft": _comfy.full_path("propainter", raft, source)}
         device = _comfy.torch_device()
+        fit = _fit(images, mask)
         with torch.inference_mode(False), torch.no_grad():
             models = load_propainter(files, device=device)
-            result = propainter_prior(images, mask, models, mask_dilation=mask_dilation, raft_iter=raft_iter,
+            result = propainter_prior(images, fit.mask, models, mask_dilation=mask_dilation, raft_iter=raft_iter,
                                       resize_ratio=resize_ratio, progress=_comfy.Progress(),
                                       cancel=_comfy.cancel_requested)
-        return _outputs(images, mask, result)
+        return _outputs(fit, result)
 
 
 NODE_CLASS_MAPPINGS = {

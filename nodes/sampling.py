@@ -30,14 +30,16 @@ def running(handle: DiffuEraserHandle) -> Iterator[torch.nn.Module]:
     names = []
     try:
         model.to(device)
-        for i, (path, strength) in enumerate(handle.loras):
-            name = f"region_dpo_{i}"
-            apply_region_lora(model, path, strength=strength, adapter_name=name)
-            names.append(name)
+        with _comfy.building_model():  # adapters as normal tensors, as in Load DiffuEraser
+            for i, (path, strength) in enumerate(handle.loras):
+                name = f"region_dpo_{i}"
+                names.append(name)  # before applying: a half-applied adapter is removed too
+                apply_region_lora(model, path, strength=strength, adapter_name=name)
         yield model
     finally:
-        for name in names:
-            remove_region_lora(model, name)
+        with _comfy.building_model():
+            for name in reversed(names):
+                remove_region_lora(model, name)
         model.to(_comfy.offload_device())
 
 
@@ -63,9 +65,12 @@ class RRDPOPriorLatents:
     )
     CATEGORY = CATEGORY
     FUNCTION = "prepare"
-    RETURN_TYPES = ("LATENT",)
-    RETURN_NAMES = ("latent",)
-    OUTPUT_TOOLTIPS = ("Start latents for the DiffuEraser Sampler (use the same steps and scheduler there).",)
+    RETURN_TYPES = ("LATENT", "STRING")
+    RETURN_NAMES = ("latent", "report")
+    OUTPUT_TOOLTIPS = (
+        "Start latents for the DiffuEraser Sampler (use the same steps and scheduler there).",
+        "What was adjusted: padding to multiples of 8, a mask used for all frames or resized.",
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -74,8 +79,10 @@ class RRDPOPriorLatents:
                 "diffueraser": ("DIFFUERASER", {"tooltip": "From Load DiffuEraser (with any LoRA)."}),
                 "vae": ("VAE", {"tooltip": "The SD1.5 VAE (sd-vae-ft-mse), from a VAELoader."}),
                 "conditioning": ("CONDITIONING", {"tooltip": "CLIPTextEncode of the empty prompt (SD1.5 CLIP)."}),
-                "images": ("IMAGE", {"tooltip": "The original frames."}),
-                "mask": ("MASK", {"tooltip": "Hole mask per frame (prepared), 1 = remove."}),
+                "images": ("IMAGE", {"tooltip": "The original frames, any size (padded to multiples of 8 for the "
+                                                "model and cropped back)."}),
+                "mask": ("MASK", {"tooltip": "Hole mask (prepared), 1 = remove: one per frame or one for all frames; "
+                                             "resized to the frames if its size differs."}),
                 "prior": ("IMAGE", {"tooltip": "The prior video (Flow Propagation Prior or ProPainter)."}),
                 "mode": (["noise", "ddim_inversion"], {"default": "noise",
                                                        "tooltip": "noise = released DiffuEraser; ddim_inversion = deterministic inversion."}),
@@ -90,15 +97,19 @@ class RRDPOPriorLatents:
 
     @_comfy.interrupt_aware
     def prepare(self, diffueraser, vae, conditioning, images, mask, prior, mode, t_start, steps, scheduler, seed):
+        from ..rrdpo_core.framing import pad_for_model
+
         _check_scheduler(diffueraser, scheduler, steps)
+        clip = pad_for_model(images, mask, prior)  # the sampler pads the same way, so the latents fit it
         with torch.inference_mode(False), running(diffueraser) as model:
             text = text_embeds_from_conditioning(conditioning, model.cross_attention_dim)
             pipe = _pipeline(diffueraser, model, vae)
             init = pipe.prepare_latents(
-                images, mask, prior, text, init_mode=mode, num_inference_steps=steps, scheduler=scheduler,
-                t_start=t_start, seed=seed, progress=_comfy.Progress(), cancel=_comfy.cancel_requested,
+                clip.frames, clip.mask, clip.prior, text, init_mode=mode, num_inference_steps=steps,
+                scheduler=scheduler, t_start=t_start, seed=seed, progress=_comfy.Progress(),
+                cancel=_comfy.cancel_requested,
             )
-        return ({"samples": init.latents.cpu(), "rrdpo_init": init},)
+        return ({"samples": init.latents.cpu(), "rrdpo_init": init}, clip.report)
 
 
 class RRDPODiffuEraserSampler:
@@ -109,9 +120,12 @@ class RRDPODiffuEraserSampler:
     )
     CATEGORY = CATEGORY
     FUNCTION = "sample"
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("images",)
-    OUTPUT_TOOLTIPS = ("Generated frames (whole frames, not yet blended into the original).",)
+    RETURN_TYPES = ("IMAGE", "STRING")
+    RETURN_NAMES = ("images", "report")
+    OUTPUT_TOOLTIPS = (
+        "Generated frames (whole frames, not yet blended into the original), at the input size.",
+        "What was adjusted: padding to multiples of 8 (cropped back), a mask used for all frames or resized.",
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -120,8 +134,10 @@ class RRDPODiffuEraserSampler:
                 "diffueraser": ("DIFFUERASER", {"tooltip": "From Load DiffuEraser / Apply Region-DPO LoRA."}),
                 "vae": ("VAE", {"tooltip": "The SD1.5 VAE (sd-vae-ft-mse), from a VAELoader."}),
                 "conditioning": ("CONDITIONING", {"tooltip": "CLIPTextEncode of the empty prompt (SD1.5 CLIP)."}),
-                "images": ("IMAGE", {"tooltip": "The original frames."}),
-                "mask": ("MASK", {"tooltip": "Hole mask per frame (prepared), 1 = remove."}),
+                "images": ("IMAGE", {"tooltip": "The original frames, any size (padded to multiples of 8 for the "
+                                                "model and cropped back)."}),
+                "mask": ("MASK", {"tooltip": "Hole mask (prepared), 1 = remove: one per frame or one for all frames; "
+                                             "resized to the frames if its size differs."}),
                 "steps": ("INT", {"default": 2, "min": 1, "max": 100,
                                   "tooltip": "Denoising steps: 2 with TCD + PCM 2-step (released), ~20 with unipc/ddim."}),
                 "scheduler": (list(SCHEDULERS), {"default": "tcd", "tooltip": "tcd (with PCM), ddim or unipc."}),
@@ -143,17 +159,22 @@ class RRDPODiffuEraserSampler:
         init = latent.get("rrdpo_init") if isinstance(latent, dict) else None
         if latent is not None and init is None:
             raise ValueError("latent: give the output of the Prior Latents node (a plain LATENT has no prior/noise info)")
+        from ..rrdpo_core.framing import pad_for_model
+
+        # Any size: reflect-padded to multiples of 8 for the VAE and cropped back, as remove_objects does.
+        clip = pad_for_model(images, mask, prior)
         with torch.inference_mode(False), running(diffueraser) as model:
             text = text_embeds_from_conditioning(conditioning, model.cross_attention_dim)
             neg = text_embeds_from_conditioning(negative, model.cross_attention_dim) if negative is not None else None
             pipe = _pipeline(diffueraser, model, vae)
             with torch.no_grad():
                 out = pipe(
-                    images, mask, prior, text, num_inference_steps=steps, scheduler=scheduler,
+                    clip.frames, clip.mask, clip.prior, text, num_inference_steps=steps, scheduler=scheduler,
                     guidance_scale=guidance_scale, negative_embeds=neg, seed=seed, init=init,
                     progress=_comfy.Progress(), cancel=_comfy.cancel_requested,
                 )
-        return (out.frames.to(_comfy.intermediate_device()),)
+        frames = clip.crop(out.frames).contiguous()
+        return (frames.to(_comfy.intermediate_device()), clip.report)
 
 
 class RRDPOBlendIntoVideo:
@@ -163,9 +184,10 @@ class RRDPOBlendIntoVideo:
     )
     CATEGORY = CATEGORY
     FUNCTION = "blend"
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("images",)
-    OUTPUT_TOOLTIPS = ("The original frames with the holes replaced.",)
+    RETURN_TYPES = ("IMAGE", "STRING")
+    RETURN_NAMES = ("images", "report")
+    OUTPUT_TOOLTIPS = ("The original frames with the holes replaced.",
+                       "What was adjusted: a mask used for all frames or resized to the frames.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -175,17 +197,22 @@ class RRDPOBlendIntoVideo:
             "required": {
                 "original": ("IMAGE", {"tooltip": "The original frames."}),
                 "generated": ("IMAGE", {"tooltip": "Frames from the sampler or a prior (same count and size)."}),
-                "mask": ("MASK", {"tooltip": "Hole mask per frame, 1 = replaced."}),
+                "mask": ("MASK", {"tooltip": "Hole mask, 1 = replaced: one per frame or one for all frames (resized "
+                                             "to the frames if its size differs)."}),
                 "mode": (list(BLEND_MODES), {"default": BLEND_MODES[0],
                                              "tooltip": "gaussian = DiffuEraser's feather; the others are ours (see README)."}),
             },
         }
 
+    @_comfy.interrupt_aware
     def blend(self, original, generated, mask, mode):
         from ..rrdpo_core.blend import blend_into_video
+        from ..rrdpo_core.framing import fit_mask
 
-        out = blend_into_video(original, generated, mask, mode=mode)
-        return (torch.as_tensor(out).float(),)
+        fit = fit_mask(mask, *original.shape[:3])
+        out = blend_into_video(original, generated, fit.mask, mode=mode, progress=_comfy.Progress(),
+                               cancel=_comfy.cancel_requested)
+        return (torch.as_tensor(out).float(), fit.report or "mask used as given")
 
 
 NODE_CLASS_MAPPINGS = {

@@ -53,9 +53,13 @@ class RRDPOBuildPreferencePairs:
     )
     CATEGORY = CATEGORY
     FUNCTION = "build"
-    RETURN_TYPES = ("RRDPO_PAIRS", "STRING")
-    RETURN_NAMES = ("pairs", "summary")
-    OUTPUT_TOOLTIPS = ("The pair folder, for the trainer.", "How many pairs of each kind the folder holds.")
+    RETURN_TYPES = ("RRDPO_PAIRS", "STRING", "IMAGE")
+    RETURN_NAMES = ("pairs", "summary", "preview")
+    OUTPUT_TOOLTIPS = (
+        "The pair folder, for the trainer.",
+        "How many pairs of each kind the folder holds.",
+        "A few pairs of each kind at their middle frame: masked input | winner (truth) | loser, one row each.",
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -107,7 +111,9 @@ class RRDPOBuildPreferencePairs:
         for entry in dataset.entries:
             per_kind[entry.kind] = per_kind.get(entry.kind, 0) + 1
         summary = f"{len(dataset)} pairs in {out_dir}: " + ", ".join(f"{k} {n}" for k, n in sorted(per_kind.items()))
-        return (PairsHandle(str(out_dir), len(dataset)), summary)
+        from ..rrdpo_core.pair_preview import pair_preview
+
+        return (PairsHandle(str(out_dir), len(dataset)), summary, pair_preview(dataset))
 
 
 def _plots_image(paths: dict) -> torch.Tensor:
@@ -201,6 +207,8 @@ class RRDPOTrainer:
         with atomic_path(target) as tmp:  # appears in the LoRA list only when complete
             shutil.copyfile(result.lora_path, tmp)
         report = "\n".join(f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {v}" for k, v in result.diagnostics.items())
+        if result.resumed_from:
+            report = f"resumed from the checkpoint of step {result.resumed_from} in {run_dir}\n{report}"
         plots = _plots_image(result.plots)
         return {"ui": {"text": [report]},
                 "result": (diffueraser.with_lora(str(target), 1.0), str(target), plots, report)}

@@ -94,6 +94,9 @@ class ClipResult:
     report: str
 
 
+_RESIZE_CHUNK = 8
+
+
 def _check_int(value: int, name: str, low: int = 0) -> int:
     if isinstance(value, bool) or int(value) != value or value < low:
         raise RrdpoInputError(f"{name}: must be an integer >= {low}, got {value!r}")
@@ -132,9 +135,12 @@ def trim_resize_clip(images: torch.Tensor, start_frame: int = 0, max_frames: int
 
     notes = [f"frames {start_frame}-{stop - 1} of {total} ({stop - start_frame} kept)"]
     if (new_h, new_w) != (height, width):
-        pixels = frames.float().movedim(-1, 1)
-        pixels = F.interpolate(pixels, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
-        frames = pixels.clamp(0, 1).movedim(1, -1).contiguous()
+        out = torch.empty(frames.shape[0], new_h, new_w, frames.shape[3], dtype=torch.float32)
+        for i in range(0, frames.shape[0], _RESIZE_CHUNK):  # in chunks: a long full-HD clip is GBs as float
+            pixels = frames[i:i + _RESIZE_CHUNK].float().movedim(-1, 1)
+            pixels = F.interpolate(pixels, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
+            out[i:i + _RESIZE_CHUNK] = pixels.clamp(0, 1).movedim(1, -1)
+        frames = out
         notes.append(f"resized {width}x{height} -> {new_w}x{new_h}")
     else:
         notes.append(f"size kept {width}x{height}")

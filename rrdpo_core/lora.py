@@ -173,7 +173,7 @@ def apply_kohya_lora(unet: nn.Module, state_dict: Mapping[str, torch.Tensor] | P
         init_lora_weights=True,
     )
     add_lora_adapter(unet, config, adapter_name, trainable=trainable)
-    with torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad():  # normal tensors (see add_lora_adapter); no_grad last
         for m in modules:
             layer = unet.get_submodule(m.name)
             layer.lora_A[adapter_name].weight.copy_(m.down)
@@ -195,7 +195,10 @@ def add_lora_adapter(unet: nn.Module, config: LoraConfig, adapter_name: str, *, 
     config.inference_mode = not trainable
     # By object, not name: wrapped layers' weights move to "<layer>.base_layer.weight".
     flags = [(p, p.requires_grad) for p in unet.parameters()]
-    with warnings.catch_warnings():
+    # Adapter weights must be normal tensors even when the caller runs under torch.inference_mode()
+    # (ComfyUI runs every node that way): set_adapter flips requires_grad on every adapter later,
+    # which inference tensors refuse, and training needs them in autograd.
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():  # no_grad after: it re-enables grad
         # PEFT warns when a model already has adapters; several named adapters are intended here.
         warnings.filterwarnings("ignore", message=".*peft_config.*")
         inject_adapter_in_model(config, unet, adapter_name)

@@ -454,6 +454,10 @@ class LoserGenerator:
         self.overrides = dict(overrides or {})
         self.prior_kwargs = dict(prior_kwargs or {})
         self._pipe = None
+        # Set by build_preference_pairs for the pair being made: the pipeline and the prior report
+        # into ``progress(done, total)`` of the current phase and poll ``cancel``.
+        self.progress: ProgressFn | None = None
+        self.cancel: CancelFn | None = None
 
     # number of sampler seeds each kind consumes
     SEEDS = {"hallucination": 1, "blur": 0, "flicker": 2}
@@ -484,11 +488,12 @@ class LoserGenerator:
     def _prior(self, frames: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
         from .prior import flow_propagation_prior
 
-        return torch.as_tensor(flow_propagation_prior(frames, hole, **self.prior_kwargs).frames).float()
+        return torch.as_tensor(flow_propagation_prior(frames, hole, progress=self.progress, cancel=self.cancel,
+                                                      **self.prior_kwargs).frames).float()
 
     def _sample(self, frames: torch.Tensor, hole: torch.Tensor, prior: torch.Tensor | None, seed: int) -> torch.Tensor:
         out = self.pipe(frames, hole, prior, self.text_embeds, num_inference_steps=self.num_inference_steps,
-                        scheduler=self.scheduler, seed=int(seed))
+                        scheduler=self.scheduler, seed=int(seed), progress=self.progress, cancel=self.cancel)
         return torch.as_tensor(out.frames).float()
 
     def __call__(self, kind: str, frames: torch.Tensor, hole: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
@@ -587,11 +592,17 @@ def encode_frames(vae: Any, frames01: torch.Tensor, generator: torch.Generator |
     return torch.cat(out, 0)
 
 
-def _check_new_settings(root: Path, settings: PairSettings) -> None:
+def _write_settings(root: Path, settings: PairSettings) -> None:
+    atomic_write_json(root / DATASET_FILE, {"format": PAIRS_FORMAT, "version": PAIRS_VERSION,
+                                            "settings": settings.to_dict(), "created": time.time()})
+
+
+def _check_new_settings(root: Path, settings: PairSettings, has_pairs: bool = True) -> None:
+    """Refuse settings that differ from those of the pairs already in ``root``. Writes nothing: the
+    settings are stored once the build is known to start (a build that fails on its inputs must not
+    pin a folder to settings it never built pairs with)."""
     meta_path = root / DATASET_FILE
-    if not meta_path.is_file():
-        atomic_write_json(meta_path, {"format": PAIRS_FORMAT, "version": PAIRS_VERSION,
-                                      "settings": settings.to_dict(), "created": time.time()})
+    if not meta_path.is_file() or not has_pairs:
         return
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     old = PairSettings.from_dict(meta.get("settings", {})).to_dict()
@@ -643,9 +654,11 @@ def build_preference_pairs(
         store_latents: also store VAE latents of winner, loser and masked image (saves the trainer
             three VAE passes per step).
         generator: a custom :class:`LoserGenerator` (default: DiffuEraser + flow prior).
-        progress: ``progress(done, count)`` after each pair; cancel: polled between pairs (and by
-            the sampler); returning True raises :class:`rrdpo_core.errors.Cancelled`, keeping every
-            finished pair.
+        progress: ``progress(units, count * PAIR_UNITS)``: ``PAIR_UNITS`` (100) units per pair, the
+            last one when the pair is stored, the others while its loser (prior, sampler windows,
+            VAE batches) and its latents are made. cancel: polled between pairs and by the prior,
+            the sampler and the encodings; returning True raises
+            :class:`rrdpo_core.errors.Cancelled`, keeping every finished pair.
 
     Returns:
         The :class:`PairDataset` of the folder.
@@ -682,10 +695,8 @@ def build_preference_pairs(
     root = Path(out_dir)
     (root / SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
     with _FolderLock(root):
-        _check_new_settings(root, settings)
         existing = {e.index for e in _reconcile(root, write=True)}
-        if not (root / TEXT_FILE).is_file():
-            atomic_save_safetensors(root / TEXT_FILE, {"text_embeds": text_embeds})
+        _check_new_settings(root, settings, has_pairs=bool(existing))
         gen = generator or LoserGenerator(model, vae, text_embeds, num_inference_steps=num_inference_steps,
                                           scheduler=scheduler)
         cache = _ClipCache(clips, height, width)
@@ -695,21 +706,60 @@ def build_preference_pairs(
                 f"every source clip is shorter than num_frames={settings.num_frames} (longest: {max(lengths)} "
                 f"frames); use longer clips or fewer frames"
             )
+        if not existing:  # (re)start: this build's settings and text now own the folder
+            _write_settings(root, settings)
+            atomic_save_safetensors(root / TEXT_FILE, {"text_embeds": text_embeds})
+        elif not (root / TEXT_FILE).is_file():
+            atomic_save_safetensors(root / TEXT_FILE, {"text_embeds": text_embeds})
         done = len(existing & set(range(int(count))))
-        if progress is not None:
-            progress(done, int(count))
+        ticks = _PairTicks(progress, int(count))
+        ticks.pair(done)
         for index in range(int(count)):
             if index in existing:
                 continue
             _check_cancel(cancel)
-            entry, tensors = _make_pair(index, settings, cache, lengths, gen, vae, text_embeds, cancel)
+            entry, tensors = _make_pair(index, settings, cache, lengths, gen, vae, text_embeds, cancel, ticks)
             atomic_save_safetensors(root / SAMPLES_DIR / entry.file, tensors,
                                     {"entry": json.dumps(entry.to_dict(), sort_keys=True)})
             _append_manifest(root, entry)
             done += 1
-            if progress is not None:
-                progress(done, int(count))
+            ticks.pair(done)
     return PairDataset(root)
+
+
+class _PairTicks:
+    """Progress in ``PAIR_UNITS`` per pair, so the bar also moves while one pair is made.
+
+    A pair's work is split into phases (the loser's prior and sampler runs, then the latents);
+    each phase maps its own ``(done, total)`` onto its share of the pair's units.
+    """
+
+    def __init__(self, progress: ProgressFn | None, count: int):
+        self.progress, self.count = progress, count
+        self.done, self.lo, self.hi, self.last = 0, 0.0, 1.0, -1
+
+    def pair(self, done: int) -> None:
+        """``done`` pairs are finished."""
+        self.done, self.last = done, -1
+        self._report(done * PAIR_UNITS)
+
+    def phase(self, lo: float, hi: float) -> None:
+        """The next reports cover ``lo .. hi`` of the current pair."""
+        self.lo, self.hi = lo, hi
+        self(0, 1)
+
+    def __call__(self, done: int, total: int) -> None:
+        frac = self.lo + (self.hi - self.lo) * min(1.0, done / max(1, total))
+        part = min(PAIR_UNITS - 1, int(frac * PAIR_UNITS))  # the pair's last unit comes with pair()
+        if part > self.last:
+            self.last = part
+            self._report(self.done * PAIR_UNITS + part)
+        elif self.progress is not None:
+            self._report(self.done * PAIR_UNITS + self.last)  # still a tick: the caller may cancel there
+
+    def _report(self, value: int) -> None:
+        if self.progress is not None:
+            self.progress(value, self.count * PAIR_UNITS)
 
 
 def _source_lengths(root: Path, clips: Sequence[SourceClip], cache: _ClipCache) -> list[int]:
@@ -752,9 +802,33 @@ def _append_manifest(root: Path, entry: PairEntry) -> None:
     fsync_dir(root)
 
 
+# Share of a pair's progress units for making the loser; the rest is the three latent encodings.
+LOSER_SHARE = 0.85
+PAIR_UNITS = 100
+
+
+class _PhaseSplit:
+    """Spreads the loser generator's several runs (prior, then one or two sampler runs) over the
+    loser's share of a pair: each new run (``done`` back at a low value) moves to the next slot."""
+
+    SLOTS = {"hallucination": 1, "blur": 1, "flicker": 3}
+
+    def __init__(self, ticks: "_PairTicks | None", kind: str):
+        self.ticks, self.slots, self.slot, self.prev = ticks, self.SLOTS.get(kind, 1), 0, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.ticks is None:
+            return
+        frac = done / max(1, total)
+        if self.prev is not None and frac < self.prev:
+            self.slot = min(self.slots - 1, self.slot + 1)
+        self.prev = frac
+        self.ticks(self.slot * max(1, total) + done, self.slots * max(1, total))
+
+
 def _make_pair(index: int, settings: PairSettings, cache: _ClipCache, lengths: Sequence[int],
                gen: LoserGenerator, vae: Any, text_embeds: torch.Tensor,
-               cancel: CancelFn | None) -> tuple[PairEntry, dict[str, torch.Tensor]]:
+               cancel: CancelFn | None, ticks: "_PairTicks | None" = None) -> tuple[PairEntry, dict[str, torch.Tensor]]:
     from .masks import random_mask_sequence
 
     plan = _plan(settings, index, lengths)
@@ -764,6 +838,10 @@ def _make_pair(index: int, settings: PairSettings, cache: _ClipCache, lengths: S
     hole = random_mask_sequence(settings.num_frames, settings.height, settings.width, seed=plan["mask_seed"],
                                 static_prob=settings.mask_static_prob)
     _check_cancel(cancel)
+    if ticks is not None:
+        ticks.phase(0.0, LOSER_SHARE if settings.store_latents else 1.0)
+    if isinstance(gen, LoserGenerator):
+        gen.progress, gen.cancel = _PhaseSplit(ticks, plan["kind"]), cancel
     raw = gen(plan["kind"], truth, hole, plan["sampler_seeds"])
     if tuple(raw.shape) != tuple(truth.shape):
         raise RuntimeError(f"the {plan['kind']!r} generator returned frames of shape {tuple(raw.shape)}, "
@@ -776,9 +854,12 @@ def _make_pair(index: int, settings: PairSettings, cache: _ClipCache, lengths: S
         w01 = winner_u8.float() / 255.0
         l01 = loser_u8.float() / 255.0
         latent_gen = torch.Generator().manual_seed(_derive_seed(settings.seed, "latents", index))
-        tensors["winner_latents"] = encode_frames(vae, w01, latent_gen)
-        tensors["loser_latents"] = encode_frames(vae, l01, latent_gen)
-        tensors["masked_latents"] = encode_frames(vae, masked_image(w01, tensors["mask"].float()), latent_gen)
+        for i, (key, x) in enumerate((("winner_latents", w01), ("loser_latents", l01),
+                                      ("masked_latents", masked_image(w01, tensors["mask"].float())))):
+            if ticks is not None:
+                ticks.phase(LOSER_SHARE + (1 - LOSER_SHARE) * i / 3, LOSER_SHARE + (1 - LOSER_SHARE) * (i + 1) / 3)
+            _check_cancel(cancel)
+            tensors[key] = encode_frames(vae, x, latent_gen)
     entry = PairEntry(
         index=index, file=_sample_name(index), kind=plan["kind"],
         source=cache.clips[plan["source_index"]].name, source_index=plan["source_index"], start=plan["start"],

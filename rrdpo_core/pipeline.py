@@ -270,34 +270,46 @@ class DiffuEraserPipeline:
 
     # -- VAE ---------------------------------------------------------------------------------
 
+    def vae_batches(self, num_frames: int) -> int:
+        """Codec calls for ``num_frames`` frames: each is one progress unit."""
+        return -(-int(num_frames) // self.vae_batch)
+
     def encode_frames(self, frames: torch.Tensor, generator: torch.Generator | None = None,
-                      cancel: CancelFn | None = None) -> torch.Tensor:
-        """``(T, H, W, 3)`` in [0, 1] -> scaled latents ``(T, 4, H/8, W/8)`` float32 on the model's device."""
+                      cancel: CancelFn | None = None, tick: Callable[[], None] | None = None) -> torch.Tensor:
+        """``(T, H, W, 3)`` in [0, 1] -> scaled latents ``(T, 4, H/8, W/8)`` float32 on the model's device.
+
+        ``tick()`` is called after every batch (the VAE is much of the time on a CPU or small GPU).
+        """
         out = []
         for start in range(0, frames.shape[0], self.vae_batch):
             _check_cancel(cancel)
             chunk = frames[start:start + self.vae_batch].to(self.device, torch.float32).permute(0, 3, 1, 2) * 2 - 1
             out.append(codec_encode(self.vae, chunk, generator).to(self.device, torch.float32))
+            if tick is not None:
+                tick()
         return torch.cat(out)
 
     def encode_condition(self, frames: torch.Tensor, holes: torch.Tensor, generator: torch.Generator | None = None,
-                         cancel: CancelFn | None = None) -> torch.Tensor:
+                         cancel: CancelFn | None = None, tick: Callable[[], None] | None = None) -> torch.Tensor:
         """BrushNet's condition ``(T, 5, h, w)``: latents of ``frame·(1−hole)`` and the known-mask (1 = known).
 
         The mask goes to latent size by nearest-neighbour sampling, as the released pipeline does.
         """
         known = (~holes.bool()).float()
-        latents = self.encode_frames(frames * known[..., None], generator, cancel)
+        latents = self.encode_frames(frames * known[..., None], generator, cancel, tick)
         mask = F.interpolate(known[:, None], size=tuple(latents.shape[-2:]), mode="nearest").to(latents.device)
         return torch.cat([latents, mask], dim=1)
 
-    def decode_latents(self, latents: torch.Tensor, cancel: CancelFn | None = None) -> torch.Tensor:
-        """Scaled latents -> ``(T, H, W, 3)`` float32 in [0, 1] on the CPU, in chunks."""
+    def decode_latents(self, latents: torch.Tensor, cancel: CancelFn | None = None,
+                       tick: Callable[[], None] | None = None) -> torch.Tensor:
+        """Scaled latents -> ``(T, H, W, 3)`` float32 in [0, 1] on the CPU, in chunks (``tick()`` after each)."""
         out = []
         for start in range(0, latents.shape[0], self.vae_batch):
             _check_cancel(cancel)
             images = self.vae.decode(latents[start:start + self.vae_batch])
             out.append((images.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu())
+            if tick is not None:
+                tick()
         return torch.cat(out)
 
     # -- denoising ---------------------------------------------------------------------------
@@ -414,20 +426,23 @@ class DiffuEraserPipeline:
         sets = context_windows(inputs.num_frames, self.window, self.overlap)
         _, timesteps = self._new_scheduler(run)
         evals = _steps_per_pass(sets, len(timesteps)) * (1 + refine_iters) if init_mode != "noise" else 0
-        run.progress = _Progress(evals, progress, cancel)
-        prior_latents, noise = self._prior_and_noise(inputs, init_mode, rng, cancel)
-        cond = self.encode_condition(inputs.frames, inputs.holes, rng.cond, cancel) if init_mode != "noise" else None
+        # Work plan for progress: VAE batches (prior; condition for the inversion) and inversion windows.
+        vae_units = self.vae_batches(inputs.num_frames) * ((inputs.prior is not None) + (init_mode != "noise"))
+        run.progress = _Progress(evals + vae_units, progress, cancel)
+        prior_latents, noise = self._prior_and_noise(inputs, init_mode, rng, cancel, run.progress.advance)
+        cond = (self.encode_condition(inputs.frames, inputs.holes, rng.cond, cancel, run.progress.advance)
+                if init_mode != "noise" else None)
         tiled = tile_noise(noise, inputs.num_frames) if noise is not None else None
         latents = self._start(run, init_mode, prior_latents, cond, sets, tiled)
         return InitLatents(latents.cpu(), init_mode, [int(t) for t in timesteps], prior_latents.cpu(),
                            noise, rng.seed)
 
-    def _prior_and_noise(self, inputs: VideoInputs, init_mode: str, rng: _Randomness,
-                         cancel: CancelFn | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _prior_and_noise(self, inputs: VideoInputs, init_mode: str, rng: _Randomness, cancel: CancelFn | None,
+                         tick: Callable[[], None] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         height, width = inputs.size
         shape = (4, height // LATENT_SCALE, width // LATENT_SCALE)
         if inputs.prior is not None:
-            prior_latents = self.encode_frames(inputs.prior, rng.prior, cancel)
+            prior_latents = self.encode_frames(inputs.prior, rng.prior, cancel, tick)
         elif init_mode == "ddim_inversion":
             raise RrdpoInputError("init_mode='ddim_inversion' inverts the prior, but no prior_frames were given; "
                                   "pass prior frames (e.g. rrdpo_core.prior.flow_propagation_prior) or use init_mode='noise'")
@@ -480,7 +495,7 @@ class DiffuEraserPipeline:
             seed / generator: fix the noise and the VAE samples (None: a random seed, reported
                 in the output).
             progress: ``progress(done, total)`` after every window of every step (keyframe
-                pass and inversion included).
+                pass and inversion included) and after every VAE batch (encoding and decoding).
             cancel: polled before every window and VAE batch; True raises
                 :class:`rrdpo_core.errors.Cancelled`.
             init: start latents from :meth:`prepare_latents` (same steps, scheduler, t_start).
@@ -522,15 +537,21 @@ class DiffuEraserPipeline:
         total = main * (1 + (inversion if (init is None or use_keyframes) else 0))
         if use_keyframes:
             total += len(timesteps) * (1 + inversion)
+        # ... and VAE batches: prior and condition encoding, keyframe decode + re-encode, final decode.
+        vb = self.vae_batches
+        total += vb(n) * ((init is None and inputs.prior is not None) + 1 + bool(decode))
+        if use_keyframes:
+            total += 2 * vb(len(keyframe_indices(n, self.window)))
         run.progress = _Progress(total, progress, cancel)
+        tick = run.progress.advance
 
         # 1. prior latents, noise, condition (in the released order of random draws)
         if init is None:
-            prior_latents, noise = self._prior_and_noise(inputs, mode, rng, cancel)
+            prior_latents, noise = self._prior_and_noise(inputs, mode, rng, cancel, tick)
         else:
             prior_latents = init.prior_latents.to(self.device, torch.float32)
             noise = init.noise
-        cond = self.encode_condition(inputs.frames, inputs.holes, rng.cond, cancel)
+        cond = self.encode_condition(inputs.frames, inputs.holes, rng.cond, cancel, tick)
 
         # 2. keyframe pass
         keyframes: list[int] = []
@@ -541,12 +562,12 @@ class DiffuEraserPipeline:
             key_noise = noise[: len(keyframes)] if noise is not None else None  # keyframe i gets noise[i]
             start = self._start(run, mode, prior_latents[keyframes], key_cond, single, key_noise)
             key_latents = self._sample(run, start, key_cond, single)
-            key_frames = self.decode_latents(key_latents, cancel)
+            key_frames = self.decode_latents(key_latents, cancel, tick)
             prior_latents = prior_latents.clone()
             prior_latents[keyframes] = key_latents
             cond = cond.clone()
             no_holes = torch.zeros(key_frames.shape[:3], dtype=torch.bool)
-            cond[keyframes] = self.encode_condition(key_frames, no_holes, rng.cond, cancel)
+            cond[keyframes] = self.encode_condition(key_frames, no_holes, rng.cond, cancel, tick)
 
         # 3. start latents
         if init is not None and not use_keyframes:
@@ -557,7 +578,7 @@ class DiffuEraserPipeline:
 
         # 4. sampling, 5. decoding
         latents = self._sample(run, latents, cond, sets)
-        out_frames = self.decode_latents(latents, cancel) if decode else None
+        out_frames = self.decode_latents(latents, cancel, tick) if decode else None
         return PipelineOutput(out_frames, latents.cpu(), rng.seed, timesteps, keyframes)
 
     def _check_init(self, init: InitLatents, inputs: VideoInputs, timesteps: list[int]) -> None:

@@ -40,7 +40,12 @@ def shared_data() -> Path:
 
 
 class _ProgressBar:
+    """Like comfy.utils.ProgressBar with the hook main.py installs: every update is recorded (with
+    its time) and is an interrupt point, exactly as in a running ComfyUI server."""
+
     updates: list = []
+    times: list = []
+    hook = None  # set by the fixture: the server hook's interrupt check
 
     def __init__(self, total, node_id=None):
         self.total = total
@@ -50,8 +55,13 @@ class _ProgressBar:
         self.update_absolute(self.current + value, self.total)
 
     def update_absolute(self, value, total=None, preview=None):
-        self.current = value
-        _ProgressBar.updates.append((value, total if total is not None else self.total))
+        if total is not None:
+            self.total = total
+        self.current = min(value, self.total)
+        _ProgressBar.updates.append((self.current, self.total))
+        _ProgressBar.times.append(__import__("time").monotonic())
+        if _ProgressBar.hook is not None:
+            _ProgressBar.hook()
 
 
 class InterruptProcessingException(Exception):
@@ -104,18 +114,28 @@ def comfy_stubs(tmp_path, monkeypatch):
     fp.get_output_directory = lambda: str(out_dir)
     fp.get_temp_directory = lambda: str(tmp_dir)
 
-    state = {"interrupted": False}
+    state = {"interrupted": False, "after": None}
     comfy = types.ModuleType("comfy")
     utils = types.ModuleType("comfy.utils")
     _ProgressBar.updates = []
+    _ProgressBar.times = []
     utils.ProgressBar = _ProgressBar
     mm = types.ModuleType("comfy.model_management")
     mm.InterruptProcessingException = InterruptProcessingException
     mm.processing_interrupted = lambda: state["interrupted"]
 
     def throw():
+        # As ComfyUI's: raising clears the flag, so whoever checks after the hook sees no cancel.
         if state["interrupted"]:
+            state["interrupted"] = False
             raise InterruptProcessingException()
+
+    def hook():
+        if state["after"] is not None and len(_ProgressBar.updates) >= state["after"]:
+            state["interrupted"], state["after"] = True, None
+        throw()
+
+    _ProgressBar.hook = hook
 
     mm.throw_exception_if_processing_interrupted = throw
     mm.get_torch_device = lambda: __import__("torch").device("cpu")
@@ -133,6 +153,11 @@ def comfy_stubs(tmp_path, monkeypatch):
         temp_dir=tmp_dir,
         progress=_ProgressBar.updates,
         interrupt=lambda: state.__setitem__("interrupted", True),
+        # Press Cancel once the n-th progress update (counted from the fixture's start) has been made.
+        interrupt_after=lambda n: state.__setitem__("after", int(n)),
+        is_interrupted=lambda: state["interrupted"],
+        progress_times=_ProgressBar.times,
         folder_paths=fp,
     )
     yield ns
+    _ProgressBar.hook = None

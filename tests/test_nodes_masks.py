@@ -11,13 +11,13 @@ def _mask(t=3, h=48, w=64):
 
 
 def test_zone_masks_node_layouts(comfy_stubs):
-    hole, band, ctx, overlay = node("RRDPOZoneMasks").split(_mask(), band_px=5)
+    hole, band, ctx, overlay, _ = node("RRDPOZoneMasks").split(_mask(), band_px=5)
     assert hole.shape == band.shape == ctx.shape == (3, 48, 64)
     assert torch.equal(hole + band + ctx, torch.ones(3, 48, 64))
     assert overlay.shape == (3, 48, 64, 3) and overlay.dtype == torch.float32
     assert 0 <= overlay.min() and overlay.max() <= 1
     frames = torch.rand(3, 48, 64, 3)
-    _, _, _, ov2 = node("RRDPOZoneMasks").split(_mask(), band_px=5, images=frames)
+    _, _, _, ov2, _ = node("RRDPOZoneMasks").split(_mask(), band_px=5, images=frames)
     # context pixels of the overlay are the frames themselves
     assert torch.equal(ov2[ctx.bool()], frames[ctx.bool()])
 
@@ -28,7 +28,7 @@ def test_zone_masks_node_rejects_frame_mismatch(comfy_stubs):
 
 
 def test_prepare_mask_node_resizes_and_dilates(comfy_stubs):
-    (out,) = node("RRDPOPrepareVideoMask").prepare(_mask(2, 24, 32), dilation_iter=2, erode=True,
+    out, _ = node("RRDPOPrepareVideoMask").prepare(_mask(2, 24, 32), dilation_iter=2, erode=True,
                                                    images=torch.rand(2, 48, 64, 3))
     assert out.shape == (2, 48, 64)
     assert out.sum() > 0 and set(torch.unique(out).tolist()) == {0.0, 1.0}

@@ -26,6 +26,11 @@ class FakeComfyVAE:
         return ((self.codec.decode(latents * self.codec.scaling_factor) + 1) / 2).clamp(0, 1).movedim(1, -1)
 
 
+def ComfyVAECodecFor(vae):
+    """The pack's adapter from a ComfyUI VAE to the core codec (as the nodes build it)."""
+    return load_pack().nodes._vae.ComfyVAECodec(vae)
+
+
 def _clip():
     g = torch.Generator().manual_seed(0)
     yy, xx = torch.meshgrid(torch.linspace(0, 1, H), torch.linspace(0, 1, W), indexing="ij")
@@ -51,7 +56,7 @@ def _cond(dim=32, seed=1):
 
 def test_flow_prior_node(comfy_stubs):
     frames, mask = _clip()
-    prior, visibility, preview = node("RRDPOFlowPrior").run(frames, mask, flow_downscale=2.0, preset="fast")
+    prior, visibility, preview, _ = node("RRDPOFlowPrior").run(frames, mask, flow_downscale=2.0, preset="fast")
     assert prior.shape == frames.shape and visibility.shape == mask.shape and preview.shape == frames.shape
     keep = mask == 0
     assert torch.equal(prior[keep], frames[keep].float()), "outside the hole the prior is the input"
@@ -81,20 +86,20 @@ def test_sampler_prior_latents_and_blend(tiny_model):
     frames, mask = _clip()
     (handle,) = node("RRDPOLoadDiffuEraser").load("tiny", "auto", "none")
     vae = FakeComfyVAE()
-    prior, _, _ = node("RRDPOFlowPrior").run(frames, mask, flow_downscale=2.0, preset="fast")
+    prior, _, _, _ = node("RRDPOFlowPrior").run(frames, mask, flow_downscale=2.0, preset="fast")
     with pytest.raises(ValueError, match="PCM"):
         node("RRDPODiffuEraserSampler").sample(handle, vae, _cond(), frames, mask, 2, "tcd", 0, 0.0, prior=prior)
-    (latent,) = node("RRDPOPriorLatents").prepare(handle, vae, _cond(), frames, mask, prior, "noise", 999, 2, "ddim", 3)
+    latent, _ = node("RRDPOPriorLatents").prepare(handle, vae, _cond(), frames, mask, prior, "noise", 999, 2, "ddim", 3)
     assert latent["samples"].shape == (T, 4, H // 8, W // 8)
-    (out1,) = node("RRDPODiffuEraserSampler").sample(handle, vae, _cond(), frames, mask, 2, "ddim", 3, 0.0,
+    out1, _ = node("RRDPODiffuEraserSampler").sample(handle, vae, _cond(), frames, mask, 2, "ddim", 3, 0.0,
                                                       latent=latent)
-    (out2,) = node("RRDPODiffuEraserSampler").sample(handle, vae, _cond(), frames, mask, 2, "ddim", 3, 0.0,
+    out2, _ = node("RRDPODiffuEraserSampler").sample(handle, vae, _cond(), frames, mask, 2, "ddim", 3, 0.0,
                                                       prior=prior)
     assert out1.shape == frames.shape and torch.isfinite(out1).all()
     torch.testing.assert_close(out1, out2, rtol=1e-4, atol=1e-4)  # same seed, same start
     with pytest.raises(ValueError, match="conditioning"):
         node("RRDPODiffuEraserSampler").sample(handle, vae, _cond(dim=768), frames, mask, 2, "ddim", 3, 0.0)
-    (blended,) = node("RRDPOBlendIntoVideo").blend(frames, out1, mask, "gaussian")
+    blended, _ = node("RRDPOBlendIntoVideo").blend(frames, out1, mask, "gaussian")
     far = torch.ones_like(mask, dtype=torch.bool)
     far[:, 8:52, :] = False  # well outside the feathered band
     assert torch.equal(blended[far], frames[far])
@@ -123,10 +128,10 @@ def test_apply_lora_node_refuses_other_base_and_is_applied_only_while_sampling(t
     (zero,) = node("RRDPOApplyRegionDPOLoRA").apply(handle, "rrdpo/good.safetensors", 0.0)
     vae = FakeComfyVAE()
     args = (vae, _cond(), frames, mask, 2, "ddim", 3, 0.0)
-    (base_out,) = node("RRDPODiffuEraserSampler").sample(handle, *args)
-    (lora_out,) = node("RRDPODiffuEraserSampler").sample(with_lora, *args)
-    (zero_out,) = node("RRDPODiffuEraserSampler").sample(zero, *args)
-    (base_again,) = node("RRDPODiffuEraserSampler").sample(handle, *args)
+    base_out, _ = node("RRDPODiffuEraserSampler").sample(handle, *args)
+    lora_out, _ = node("RRDPODiffuEraserSampler").sample(with_lora, *args)
+    zero_out, _ = node("RRDPODiffuEraserSampler").sample(zero, *args)
+    base_again, _ = node("RRDPODiffuEraserSampler").sample(handle, *args)
     assert not torch.allclose(base_out, lora_out, atol=1e-4), "the LoRA changes the output"
     torch.testing.assert_close(zero_out, base_out, rtol=0, atol=1e-6)
     torch.testing.assert_close(base_again, base_out, rtol=0, atol=0)  # the shared model was left unchanged
@@ -141,3 +146,24 @@ def test_metrics_node(comfy_stubs):
     assert chart.ndim == 4 and chart.shape[0] == 1 and chart.shape[-1] == 3
     out2 = node("RRDPOInpaintingMetrics").measure(noisy, mask, 8)
     assert isinstance(out2["result"][0], str)
+
+
+def test_model_nodes_tick_through_vae_work_and_pair_building(tiny_model):
+    """Prior Latents in noise mode (VAE only) and the sampler's VAE encode/decode move ComfyUI's bar."""
+    frames, mask = _clip()
+    (handle,) = node("RRDPOLoadDiffuEraser").load("tiny", "auto", "none")
+    vae = FakeComfyVAE()
+    start = len(tiny_model.progress)
+    latent, _ = node("RRDPOPriorLatents").prepare(handle, vae, _cond(), frames, mask, frames, "noise", 999, 2,
+                                                   "ddim", 3)
+    ticks = tiny_model.progress[start:]
+    assert len(ticks) == 2 and ticks[-1] == (2, 2)  # 6 frames = 2 VAE batches of the prior
+    start = len(tiny_model.progress)
+    node("RRDPODiffuEraserSampler").sample(handle, vae, _cond(), frames, mask, 2, "ddim", 3, 0.0, latent=latent)
+    ticks = tiny_model.progress[start:]
+    assert ticks[-1] == (6, 6) and [v for v, _ in ticks] == list(range(1, 7))  # encode 2 + 2 windows + decode 2
+    start = len(tiny_model.progress)
+    node("RRDPOBuildPreferencePairs").build(handle, vae, _cond(), "ticks", 1, 4, True, False, False, 0,
+                                            images=frames)
+    values = [v for v, _ in tiny_model.progress[start:]]
+    assert values[-1] == 100 and len(set(values)) > 5, "the bar moves while the pair is made"

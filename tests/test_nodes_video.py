@@ -60,3 +60,14 @@ def test_trim_resize_node_contract(comfy_stubs):
     assert {k: v[1]["default"] for k, v in spec["required"].items() if k != "images"} == \
         {"start_frame": 0, "max_frames": 150, "max_side": 960}
     assert cls.RETURN_TYPES == ("IMAGE", "MASK", "STRING") and cls.RETURN_NAMES == ("images", "mask", "report")
+
+
+def test_trim_resize_in_chunks_matches_one_resize(comfy_stubs):
+    import torch.nn.functional as F
+
+    frames = _clip(t=19, h=90, w=160)  # more frames than one resize chunk, not a multiple of it
+    images, _, _ = node("RRDPOTrimResizeClip").trim(frames, 0, 0, 64)
+    whole = F.interpolate(frames.movedim(-1, 1), size=(36, 64), mode="bilinear", align_corners=False,
+                          antialias=True).clamp(0, 1).movedim(1, -1)
+    assert images.shape == (19, 36, 64, 3)
+    torch.testing.assert_close(images, whole, rtol=0, atol=1e-6)

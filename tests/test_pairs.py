@@ -77,7 +77,11 @@ def test_builds_every_loser_kind_with_the_model(tmp_path, tiny):
     progress = []
     ds = build_preference_pairs(model, vae, text, sources, tmp_path, count=3, num_frames=4, seed=5,
                                 progress=lambda d, t: progress.append((d, t)))
-    assert progress[0] == (0, 3) and progress[-1] == (3, 3)
+    assert progress[0] == (0, 300) and progress[-1] == (300, 300)  # 100 units per pair
+    values = [d for d, _ in progress]
+    assert values == sorted(values) and {100, 200} <= set(values)
+    # the bar moves while a pair is made (prior, sampler windows, VAE batches), not only between pairs
+    assert len({d for d in values if 0 < d < 100}) >= 5
     assert len(ds) == 3 and ds.kinds() == {"hallucination": 1, "blur": 1, "flicker": 1}
     assert ds.has_latents and torch.equal(ds.text_embeds(), text)
     lines = (tmp_path / MANIFEST_FILE).read_text().splitlines()
@@ -248,3 +252,49 @@ def test_bad_requests_are_refused(tmp_path):
         resolve_sources(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="not a preference-pair folder"):
         PairDataset(tmp_path)
+
+
+def test_a_build_that_fails_on_its_inputs_leaves_no_settings_behind(tmp_path):
+    from rrdpo_core.pairs import DATASET_FILE, TEXT_FILE
+
+    gen = cheap_generator()
+    root = tmp_path / "p"
+    with pytest.raises(ValueError, match="shorter than num_frames"):
+        build_preference_pairs(None, None, torch.zeros(1, 77, 32), [clip(1)], root, count=2, num_frames=12,
+                               generator=gen, store_latents=False)
+    assert not (root / DATASET_FILE).exists() and not (root / TEXT_FILE).exists()
+    # the corrected re-run into the same name is accepted and records its own settings
+    ds = build_preference_pairs(None, None, torch.zeros(1, 77, 32), [clip(1)], root, count=2, num_frames=4,
+                                generator=gen, store_latents=False)
+    assert len(ds) == 2 and ds.settings.num_frames == 4
+    # a folder holding settings but no pair (left by an older version) takes new settings too
+    stale = tmp_path / "stale"
+    build_preference_pairs(None, None, torch.zeros(1, 77, 32), [clip(1)], stale, count=1, num_frames=4,
+                           generator=gen, store_latents=False)
+    for p in (stale / SAMPLES_DIR).iterdir():
+        p.unlink()
+    ds = build_preference_pairs(None, None, torch.zeros(1, 77, 32), [clip(1)], stale, count=1, num_frames=5,
+                                generator=gen, store_latents=False)
+    assert ds.settings.num_frames == 5 and len(ds) == 1
+
+
+def test_pair_preview_shows_masked_input_winner_and_loser_of_each_kind(tmp_path):
+    from rrdpo_core.pair_preview import pair_preview
+
+    ds = build_preference_pairs(None, None, torch.zeros(1, 77, 32), [clip(1), clip(2)], tmp_path, count=7,
+                                num_frames=4, generator=cheap_generator(), store_latents=False)
+    img = pair_preview(ds, per_kind=2, height=64)
+    label, gap = 18, 4
+    rows = 2 + 2 + 2  # two of each of the three kinds (7 pairs: 3 hallucination, 2 blur, 2 flicker)
+    assert img.shape == (1, rows * (label + 64) + (rows - 1) * gap, 3 * 64 + 2 * gap, 3)
+    assert 0 <= img.min() and img.max() <= 1
+    shown = [e for e in ds.entries if e.kind == "hallucination"][:2] + [e for e in ds.entries if e.kind == "blur"][:2]
+    for row, entry in enumerate(shown[:3]):
+        top = row * (label + 64 + gap) + label
+        masked, winner, loser = (img[0, top:top + 64, c * (64 + gap):c * (64 + gap) + 64] for c in range(3))
+        t = ds.load(ds.entries.index(entry), ["winner", "mask"])
+        hole = t["mask"][t["mask"].shape[0] // 2].bool()  # 64x64 clips: tiles are at full size
+        assert torch.allclose(winner, t["winner"][t["winner"].shape[0] // 2].float() / 255, atol=1 / 255)
+        assert masked[hole].max() == 0, "the hole is black in the masked input, as the model sees it"
+        assert torch.allclose(masked[~hole], winner[~hole])
+        assert (loser[hole] - winner[hole]).abs().mean() > 0.02, "the loser differs from the truth in the hole"

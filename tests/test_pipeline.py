@@ -179,26 +179,87 @@ def test_prepared_latents_give_the_same_result_as_one_call(fake):
         pipe(frames, masks, None, text, init=init, num_inference_steps=4)
 
 
-def test_progress_counts_every_window_of_every_step(fake):
+class _LoggingCodec:
+    """The tiny VAE, writing "vae" into a shared log on every encode/decode call."""
+
+    def __init__(self, inner, log):
+        self.inner, self.log, self.scaling_factor = inner, log, inner.scaling_factor
+
+    def encode(self, images, generator=None):
+        self.log.append("vae")
+        return self.inner.encode(images, generator=generator)
+
+    def decode(self, latents):
+        self.log.append("vae")
+        return self.inner.decode(latents)
+
+
+def _progress_log(model, vae, run):
+    """Run ``run(pipe, progress)``; return the log of VAE calls, window evaluations and ticks."""
+    log = []
+    pipe = DiffuEraserPipeline(model, _LoggingCodec(vae, log))
+    original = model.predict_eps
+
+    def predict_eps(*a, **k):
+        log.append("window")
+        return original(*a, **k)
+
+    model.predict_eps = predict_eps
+    try:
+        run(pipe, lambda d, t: log.append((d, t)))
+    finally:
+        model.predict_eps = original
+    return log
+
+
+def _check_ticks(log):
+    """Every VAE call and window evaluation is followed by its own tick; ticks count up to the total."""
+    ticks = [e for e in log if isinstance(e, tuple)]
+    work = [e for e in log if not isinstance(e, tuple)]
+    assert len(ticks) == len(work) and ticks, log
+    total = ticks[-1][1]
+    assert ticks == [(i, total) for i in range(1, total + 1)]
+    for i, e in enumerate(log):
+        if not isinstance(e, tuple):
+            assert isinstance(log[i + 1], tuple), f"no tick after {e} at {i}: {log}"
+    return work
+
+
+def test_progress_ticks_after_every_window_and_every_vae_batch(fake, vae):
     model, pipe, text = fake
-    for n, expected in ((30, 4), (40, 6), (3, 2)):
+    for n, windows in ((30, 4), (40, 6), (3, 2)):
         frames, masks = _video(n, size=16)
-        seen = []
-        pipe(frames, masks, frames, text, seed=0, progress=lambda d, t: seen.append((d, t)))
-        assert seen == [(i, expected) for i in range(1, expected + 1)]
+        work = _check_ticks(_progress_log(model, vae, lambda p, cb: p(frames, masks, frames, text, seed=0, progress=cb)))
+        batches = -(-n // pipe.vae_batch)
+        assert work.count("window") == windows and work.count("vae") == 3 * batches  # prior, condition, decode
+        assert work[:batches] == ["vae"] * batches and work[-batches:] == ["vae"] * batches
     frames, masks = _video(30, size=16)
-    seen = []
-    pipe(frames, masks, frames, text, seed=0, init_mode="ddim_inversion", refine_iters=1,
-         progress=lambda d, t: seen.append((d, t)))
-    assert seen[-1] == (12, 12) and len(seen) == 12  # 4 sampling + 4 x (1 + 1) inversion windows
+    work = _check_ticks(_progress_log(model, vae, lambda p, cb: p(frames, masks, frames, text, seed=0,
+                                                                   init_mode="ddim_inversion", refine_iters=1,
+                                                                   progress=cb)))
+    assert work.count("window") == 12  # 4 sampling + 4 x (1 + 1) inversion windows
+    # a keyframe pass decodes and re-encodes the keyframes as well
+    frames, masks = _video(60, size=16)
+    work = _check_ticks(_progress_log(model, vae, lambda p, cb: p(frames, masks, frames, text, seed=0, progress=cb)))
+    assert work.count("vae") > 3 * -(-60 // pipe.vae_batch)
+
+
+def test_prepare_latents_in_noise_mode_ticks_while_encoding_the_prior(fake, vae):
+    model, pipe, text = fake
+    frames, masks = _video(30, size=16)
+    work = _check_ticks(_progress_log(model, vae, lambda p, cb: p.prepare_latents(frames, masks, frames, text, seed=0,
+                                                                                   progress=cb)))
+    assert work == ["vae"] * -(-30 // pipe.vae_batch)
 
 
 def test_cancel_stops_before_the_next_window(fake):
     model, pipe, text = fake
     frames, masks = _video(40, size=16)
     done = []
+    batches = -(-40 // pipe.vae_batch)  # the prior and the condition are encoded first, one tick per batch
     with pytest.raises(Cancelled):
-        pipe(frames, masks, frames, text, seed=0, progress=lambda d, t: done.append(d), cancel=lambda: len(done) >= 2)
+        pipe(frames, masks, frames, text, seed=0, progress=lambda d, t: done.append(d),
+             cancel=lambda: len(done) >= 2 * batches + 2)
     assert len(model.calls) == 2
     model.calls.clear()
     with pytest.raises(Cancelled):

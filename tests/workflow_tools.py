@@ -8,12 +8,16 @@ workflow to the API format that ``/prompt`` takes (ComfyUI's frontend does this 
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 from conftest import REPO_ROOT
 from pack import load_pack
 
 CORE_NODES_FILE = Path(__file__).parent / "data" / "comfyui_core_nodes.json"
+# Node sizes ComfyUI's frontend (1.27.10) gave our nodes once their media loaded, read off the canvas by
+# tools/screenshot_workflows.py: {type: [width, height]}.
+FRONTEND_SIZES_FILE = Path(__file__).parent / "data" / "frontend_node_sizes.json"
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -196,3 +200,69 @@ def ui_to_api(wf: dict, specs: dict, overrides: dict | None = None) -> dict:
 
 def load_workflows() -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(WORKFLOWS_DIR.glob("*.json"))}
+
+
+# -- layout ------------------------------------------------------------------------------------
+# Nodes whose size the frontend grows once media are shown (issue 11: Load Video grows to about
+# 340x263 with a 16:9 clip's preview; 300 px leaves room for 4:3); floors on top of the measured sizes.
+MEDIA_MIN_SIZE = {
+    "LoadVideo": (340, 300), "SaveVideo": (340, 300), "PreviewImage": (340, 263), "SaveImage": (340, 290),
+    "LoadImage": (340, 330), "PreviewAny": (340, 160), "MarkdownNote": (400, 200), "Note": (400, 200),
+}
+MIN_GAP = 40  # px the layout keeps between any two nodes
+TITLE_H = 30  # LiteGraph draws the title bar above a node's pos
+
+
+def workflow_uuid(name: str) -> str:
+    """A stable, valid UUID for a workflow's ``id`` (the frontend's zod schema rejects anything else)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"https://github.com/region-reg-dpo/workflows/{name}"))
+
+
+def frontend_sizes() -> dict[str, tuple[int, int]]:
+    if FRONTEND_SIZES_FILE.exists():
+        return {k: tuple(v) for k, v in json.loads(FRONTEND_SIZES_FILE.read_text())["sizes"].items()}
+    return {}
+
+
+def estimated_size(node: dict) -> tuple[int, int]:
+    """LiteGraph's size for a node from its slots and widgets: title bar, one row per slot pair, one per widget."""
+    n_in = sum(1 for i in node.get("inputs", []) if "widget" not in i)
+    n_out = len(node.get("outputs", []))
+    n_widgets = len(node.get("widgets_values") or [])
+    title = node.get("title") or node["type"]
+    width = max(300, 9 * len(title) + 60)
+    height = 30 + 22 * max(n_in, n_out) + 28 * n_widgets + 16
+    return width, height
+
+
+def display_size(node: dict, measured: dict | None = None) -> tuple[int, int]:
+    """The size the node has on the canvas once its media loaded: the largest of the estimate, the
+    media floor and what the frontend was measured to give this node type."""
+    measured = frontend_sizes() if measured is None else measured
+    w, h = estimated_size(node)
+    for floor in (MEDIA_MIN_SIZE.get(node["type"]), measured.get(node["type"])):
+        if floor:
+            w, h = max(w, floor[0]), max(h, floor[1])
+    return int(w), int(h)
+
+
+def overlaps(boxes: dict, gap: int = MIN_GAP) -> list[str]:
+    """Pairs of boxes ``{name: (x, y, w, h)}`` closer than ``gap`` px (on both axes)."""
+    items, problems = list(boxes.items()), []
+    for i, (a, (ax, ay, aw, ah)) in enumerate(items):
+        for b, (bx, by, bw, bh) in items[i + 1:]:
+            if ax < bx + bw + gap and bx < ax + aw + gap and ay < by + bh + gap and by < ay + ah + gap:
+                problems.append(f"{a} at {(ax, ay, aw, ah)} and {b} at {(bx, by, bw, bh)} are closer than {gap} px")
+    return problems
+
+
+def layout_boxes(wf: dict, measured: dict | None = None) -> dict:
+    """{node label: (x, y, w, h)} with each node at its on-canvas size (``display_size``)."""
+    measured = frontend_sizes() if measured is None else measured
+    boxes = {}
+    for node in wf["nodes"]:
+        w, h = display_size(node, measured)
+        w, h = max(w, node["size"][0]), max(h, node["size"][1])
+        boxes[f"{node['id']}:{node.get('title') or node['type']}"] = (node["pos"][0], node["pos"][1] - TITLE_H,
+                                                                     w, h + TITLE_H)
+    return boxes

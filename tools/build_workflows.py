@@ -17,10 +17,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from workflow_tools import WORKFLOWS_DIR, node_specs, widget_entries, input_entries, _has_control_widget  # noqa: E402
+from workflow_tools import (TITLE_H, WORKFLOWS_DIR, _has_control_widget, display_size, input_entries,  # noqa: E402
+                            node_specs, widget_entries, workflow_uuid)
 
 SPECS = node_specs()
-COL_W, ROW_GAP = 380, 40
+GAP = 60  # px between nodes (the frontend's sizes below already include their media previews)
+NOTE_W, NOTE_H = 520, 560
 
 
 class Out:
@@ -53,6 +55,9 @@ class Workflow:
         self.nodes.append(node)
         return node
 
+    def outputs(self, type_: str) -> list[str]:
+        return SPECS[type_]["output"]
+
     def note(self, title: str, text: str) -> None:
         self.notes.append((title, text))
 
@@ -61,7 +66,15 @@ class Workflow:
         for node in self.nodes:  # nodes are added in dependency order
             ups = [v.node for v in node.kwargs.values() if isinstance(v, Out)]
             depth[node.id] = 1 + max((depth[u.id] for u in ups), default=-1)
-        rows: dict[int, int] = {}
+        # a loader (no inputs) sits one column before its first consumer, so its wires stay short
+        consumers: dict[int, list[int]] = {}
+        for node in self.nodes:
+            for v in node.kwargs.values():
+                if isinstance(v, Out):
+                    consumers.setdefault(v.node.id, []).append(node.id)
+        for node in self.nodes:
+            if not any(isinstance(v, Out) for v in node.kwargs.values()) and node.id in consumers:
+                depth[node.id] = max(0, min(depth[c] for c in consumers[node.id]) - 1)
         out_links: dict[tuple[int, int], list[int]] = {}
         ui_nodes = []
         for order, node in enumerate(self.nodes):
@@ -89,15 +102,11 @@ class Workflow:
                 widgets.append(value)
                 if _has_control_widget(name, kind, opts):
                     widgets.append("fixed")
-            col = depth[node.id]
-            y = rows.get(col, 0)
-            height = 60 + 26 * (len(inputs) + len(widgets) + len(spec["output"]))
-            rows[col] = y + height + ROW_GAP
             ui = {
                 "id": node.id,
                 "type": node.type,
-                "pos": [40 + col * COL_W, 40 + y],
-                "size": [COL_W - 40, height],
+                "pos": [0, 0],
+                "size": [0, 0],
                 "flags": {},
                 "order": order,
                 "mode": 0,
@@ -116,16 +125,18 @@ class Workflow:
         for ui in ui_nodes:
             for i, out in enumerate(ui["outputs"]):
                 out["links"] = out_links.get((ui["id"], i), []) or None
+        self._layout(ui_nodes, depth, links)
         next_id = len(self.nodes) + 1
         for k, (title, text) in enumerate(self.notes):
             ui_nodes.append({
-                "id": next_id + k, "type": "MarkdownNote", "pos": [40 + k * 460, -420], "size": [440, 380],
+                "id": next_id + k, "type": "MarkdownNote", "pos": [k * (NOTE_W + GAP), -NOTE_H - GAP],  # above the graph
+                "size": [NOTE_W, NOTE_H],
                 "flags": {}, "order": len(ui_nodes), "mode": 0, "inputs": [], "outputs": [],
                 "title": title, "properties": {}, "widgets_values": [text],
                 "color": "#432", "bgcolor": "#653",
             })
         return {
-            "id": f"rrdpo-{self.name}",
+            "id": workflow_uuid(self.name),
             "revision": 0,
             "last_node_id": len(ui_nodes),
             "last_link_id": len(links),
@@ -133,9 +144,38 @@ class Workflow:
             "links": links,
             "groups": [],
             "config": {},
-            "extra": {"ds": {"scale": 0.8, "offset": [0, 460]}},
+            "extra": {"ds": {"scale": 0.6, "offset": [40, NOTE_H + 2 * GAP]}},
             "version": 0.4,
         }
+
+
+    @staticmethod
+    def _layout(ui_nodes: list[dict], depth: dict[int, int], links: list[list]) -> None:
+        """Columns by graph depth; each column as wide as its widest node, nodes stacked with GAP between.
+
+        Sizes are the ones the frontend gives the nodes once their media are loaded (``display_size``),
+        so a Load Video with its preview or a Preview Image with its picture covers nothing.
+        """
+        columns: dict[int, list[dict]] = {}
+        for ui in ui_nodes:
+            ui["size"] = list(display_size(ui))
+            columns.setdefault(depth[ui["id"]], []).append(ui)
+        by_id = {ui["id"]: ui for ui in ui_nodes}
+        source = {link[0]: link[1] for link in links}
+        x = 0
+        for col in sorted(columns):
+            # order a column by where its inputs come from (fewer crossing wires); loaders keep their order
+            def upstream_y(ui: dict) -> float:
+                ups = [source[i["link"]] for i in ui["inputs"] if i.get("link") is not None]
+                ys = [by_id[u]["pos"][1] for u in ups if depth[u] < col]
+                return sum(ys) / len(ys) if ys else -1.0
+
+            columns[col].sort(key=upstream_y)
+            y = TITLE_H  # pos is the body's corner; the title bar sits above it
+            for ui in columns[col]:
+                ui["pos"] = [x, y]
+                y += ui["size"][1] + TITLE_H + GAP
+            x += max(ui["size"][0] for ui in columns[col]) + GAP
 
 
 def write(wf: Workflow) -> Path:

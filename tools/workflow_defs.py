@@ -1,32 +1,74 @@
-"""The example workflows, as graphs. ``python3 tools/build_workflows.py`` writes them to workflows/."""
+"""The example workflows, as graphs. ``python3 tools/build_workflows.py`` writes them to workflows/.
+
+Each note names the nodes it talks about in *italics*, exactly as their titles (or display names) read
+on the canvas; tests/test_workflows.py checks that every such name is a node of that workflow.
+"""
 from __future__ import annotations
 
-FILES_NOTE = """### Files this workflow needs
-- **Video and mask**: upload your clip and a mask video (white = object to remove) with the two *Load Video* nodes.
+MODELS = """### Model files (nothing is downloaded by the pack)
 - **DiffuEraser**: `models/diffueraser/diffuEraser/brushnet/` and `.../unet_main/` (config.json + diffusion_pytorch_model.safetensors each) from huggingface.co/lixiaowen/diffuEraser.
 - **PCM LoRA**: `models/loras/pcm_sd15_smallcfg_2step_converted.safetensors` (huggingface.co/wangfuyun/PCM_Weights, sd15/).
 - **VAE**: `models/vae/sd-vae-ft-mse.safetensors` (stabilityai/sd-vae-ft-mse).
-- **Text encoder**: the SD1.5 CLIP-L text encoder in `models/text_encoders/` (type stable_diffusion); DiffuEraser uses the empty prompt.
-Nothing is downloaded by the pack."""
+- **Text encoder**: the SD1.5 CLIP-L text encoder in `models/text_encoders/` (type stable_diffusion); DiffuEraser uses the empty prompt."""
+
+TWO_VIDEOS = """### Inputs
+Upload your clip in *Load Video (clip)* and a mask video (white = object to remove) in *Load Video (mask)* — two *Load Video* nodes. A mask video with a single frame is one mask for the whole clip.
+*Trim & Resize Clip* keeps at most 150 frames and scales the longest side down to 960 px (never up) so a long 1080p clip is not pushed through at full size; set max_frames or max_side to 0 to keep everything. Any frame size works: the nodes pad to multiples of 8 and crop back, and say so in their report."""
+
+ONE_VIDEO = """### Input
+Upload clean footage (nothing to remove) in the one *Load Video (clean clip)* node; no mask is needed.
+*Trim & Resize Clip* keeps at most 150 frames and scales the longest side down to 960 px (never up); set max_frames or max_side to 0 to keep everything."""
+
+OUTPUT = """### Output
+*Save Video* writes an H.264 mp4 for viewing (ComfyUI 0.3.64's Save Video has no quality setting, so it is lossy); *Save Image (exact frames)* writes every frame as a lossless PNG to `output/{prefix}_frames_*.png`: use those when the untouched pixels must stay exact."""
 
 PRIOR_NOTE = """### Object removal without any model file
-The *Flow Propagation Prior* fills the hole with pixels that other frames saw (OpenCV optical flow), and fills never-seen pixels spatially. The *visibility* preview shows which is which: green = seen in another frame, magenta = never seen (where a generative model such as DiffuEraser helps most).
-Upload a clip and a mask video (white = remove) in the two *Load Video* nodes and queue."""
+The *Flow Propagation Prior* fills the hole with pixels that other frames saw (OpenCV optical flow), and fills never-seen pixels spatially. The *Preview Image (visibility)* shows which is which: green = seen in another frame, magenta = never seen (where a generative model such as DiffuEraser helps most). *Blend Into Video* puts the fill back into the original frames.
+
+""" + TWO_VIDEOS + "\n\n" + OUTPUT.format(prefix="rrdpo/flow_prior")
+
+REMOVAL_NOTE = """### DiffuEraser object removal with a Region-DPO LoRA
+*Flow Propagation Prior* → *Prior Latents* (noise mode) → *DiffuEraser Sampler* (PCM 2-step LoRA, TCD) → *Blend Into Video*. *Preview Any (sampler report)* says what the sampler adjusted (padding to multiples of 8, one mask for all frames). *Apply Region-DPO LoRA* adds your trained LoRA (made with workflow d, in `models/loras/rrdpo/`); strength 0 = the base model.
+
+""" + TWO_VIDEOS + "\n\n" + MODELS + "\n\n" + OUTPUT.format(prefix="rrdpo/diffueraser")
+
+PAIRS_NOTE = """### Preference pairs
+*Build Preference Pairs* cuts random moving masks into the clean clip: the truth is the winner, a model's completion the loser. Pairs go to `output/rrdpo_pairs/<dataset_name>/`; queue again to add more (it resumes).{preview}
+
+""" + ONE_VIDEO + "\n\n" + MODELS
+
+TRAIN_NOTE = """### Training a Region-DPO LoRA
+*Build Preference Pairs* (or the existing folder), then the *Region-Reg-DPO Trainer* (design defaults: alpha 1 / 1.5 / 0.05, rho 100 / 200 / 5, beta 1000, band 8 px, rank 16, lr 2e-6). Checkpoints go to `output/rrdpo_runs/<lora_name>/`; Cancel saves one and a re-run resumes. The LoRA lands in `models/loras/rrdpo/`. Watch DGR and the DPO share in *Preview Image (training curves)*.
+
+""" + ONE_VIDEO + "\n\n" + MODELS
+
+AB_NOTE = """### A/B: base vs LoRA
+The same clip, seed and prior through two branches: *Base: DiffuEraser Sampler* and *With Region-DPO LoRA: DiffuEraser Sampler*. Each branch has its own metrics (*Base: Metrics*, *With Region-DPO LoRA: Metrics*); *Image Stitch (left base, right LoRA)* puts the results side by side.
+
+""" + TWO_VIDEOS + "\n\n" + MODELS + "\n\n" + OUTPUT.format(prefix="rrdpo/ab_base_vs_lora")
 
 
 def _video_and_mask(wf):
     video = wf.add("LoadVideo", title="Load Video (clip)", file="input_video.mp4")
     comps = wf.add("GetVideoComponents", video=video[0])
     mask_video = wf.add("LoadVideo", title="Load Video (mask)", file="input_mask.mp4")
-    mask_comps = wf.add("GetVideoComponents", video=mask_video[0])
+    mask_comps = wf.add("GetVideoComponents", title="Get Video Components (mask)", video=mask_video[0])
     raw_mask = wf.add("ImageToMask", image=mask_comps[0], channel="red")
-    mask = wf.add("RRDPOPrepareVideoMask", mask=raw_mask[0], images=comps[0], dilation_iter=8, erode=True)
-    return comps, mask
+    clip = wf.add("RRDPOTrimResizeClip", images=comps[0], mask=raw_mask[0])
+    mask = wf.add("RRDPOPrepareVideoMask", mask=clip[1], images=clip[0], dilation_iter=8, erode=True)
+    return comps, clip, mask
+
+
+def _clean_clip(wf):
+    video = wf.add("LoadVideo", title="Load Video (clean clip)", file="input_video.mp4")
+    comps = wf.add("GetVideoComponents", video=video[0])
+    return wf.add("RRDPOTrimResizeClip", images=comps[0])
 
 
 def _save(wf, images, fps, prefix):
     video = wf.add("CreateVideo", images=images, fps=fps)
     wf.add("SaveVideo", video=video[0], filename_prefix=prefix)
+    wf.add("SaveImage", title="Save Image (exact frames)", images=images, filename_prefix=prefix + "_frames")
 
 
 def _model_chain(wf, lora: bool):
@@ -45,83 +87,82 @@ def _model_chain(wf, lora: bool):
 def object_removal_flow_prior(Workflow):
     wf = Workflow("a_object_removal_flow_prior")
     wf.note("Read me", PRIOR_NOTE)
-    comps, mask = _video_and_mask(wf)
-    prior = wf.add("RRDPOFlowPrior", images=comps[0], mask=mask[0])
-    wf.add("PreviewImage", images=prior[2])
-    zones = wf.add("RRDPOZoneMasks", mask=mask[0], images=comps[0], band_px=8)
-    wf.add("PreviewImage", images=zones[3])
-    blended = wf.add("RRDPOBlendIntoVideo", original=comps[0], generated=prior[0], mask=mask[0])
+    comps, clip, mask = _video_and_mask(wf)
+    prior = wf.add("RRDPOFlowPrior", images=clip[0], mask=mask[0])
+    wf.add("PreviewImage", title="Preview Image (visibility)", images=prior[2])
+    zones = wf.add("RRDPOZoneMasks", mask=mask[0], images=clip[0], band_px=8)
+    wf.add("PreviewImage", title="Preview Image (zones)", images=zones[3])
+    blended = wf.add("RRDPOBlendIntoVideo", original=clip[0], generated=prior[0], mask=mask[0])
     _save(wf, blended[0], comps[2], "rrdpo/flow_prior")
     return wf
 
 
 def diffueraser_removal_with_lora(Workflow):
     wf = Workflow("b_diffueraser_object_removal_lora")
-    wf.note("Read me", FILES_NOTE + "\n- **Region-DPO LoRA**: trained with workflow d, saved in `models/loras/rrdpo/`; set its strength (0 = base).")
-    comps, mask = _video_and_mask(wf)
+    wf.note("Read me", REMOVAL_NOTE)
+    comps, clip, mask = _video_and_mask(wf)
     _, model, vae, cond = _model_chain(wf, lora=True)
-    prior = wf.add("RRDPOFlowPrior", images=comps[0], mask=mask[0])
-    latent = wf.add("RRDPOPriorLatents", diffueraser=model[0], vae=vae[0], conditioning=cond[0], images=comps[0],
+    prior = wf.add("RRDPOFlowPrior", images=clip[0], mask=mask[0])
+    latent = wf.add("RRDPOPriorLatents", title="Prior Latents", diffueraser=model[0], vae=vae[0], conditioning=cond[0], images=clip[0],
                     mask=mask[0], prior=prior[0], mode="noise", t_start=999, steps=2, scheduler="tcd", seed=0)
     sampled = wf.add("RRDPODiffuEraserSampler", diffueraser=model[0], vae=vae[0], conditioning=cond[0],
-                     images=comps[0], mask=mask[0], latent=latent[0], steps=2, scheduler="tcd", seed=0)
-    blended = wf.add("RRDPOBlendIntoVideo", original=comps[0], generated=sampled[0], mask=mask[0])
+                     images=clip[0], mask=mask[0], latent=latent[0], steps=2, scheduler="tcd", seed=0)
+    if len(wf.outputs("RRDPODiffuEraserSampler")) > 1:  # what the sampler adjusted: padding, a shared mask
+        wf.add("PreviewAny", title="Preview Any (sampler report)", source=sampled[1])
+    blended = wf.add("RRDPOBlendIntoVideo", original=clip[0], generated=sampled[0], mask=mask[0])
     _save(wf, blended[0], comps[2], "rrdpo/diffueraser")
     return wf
 
 
 def build_pairs(Workflow):
     wf = Workflow("c_build_preference_pairs")
-    wf.note("Read me", FILES_NOTE.replace("a mask video (white = object to remove)", "no mask (clean footage)")
-            + "\n\n### Preference pairs\nUse clean clips (nothing to remove): random moving masks are cut into them; the "
-            "truth is the winner, a model's completion is the loser. Pairs go to `output/rrdpo_pairs/<dataset_name>/`; "
-            "queue again to add more (it resumes).")
-    video = wf.add("LoadVideo", title="Load Video (clean clip)", file="input_video.mp4")
-    comps = wf.add("GetVideoComponents", video=video[0])
+    preview = len(wf.outputs("RRDPOBuildPreferencePairs")) > 2
+    wf.note("Read me", PAIRS_NOTE.format(preview=" *Preview Image (pairs)* shows a few pairs: masked input, winner, "
+                                                  "and each kind of loser." if preview else ""))
+    clip = _clean_clip(wf)
     model, _, vae, cond = _model_chain(wf, lora=False)
     pairs = wf.add("RRDPOBuildPreferencePairs", diffueraser=model[0], vae=vae[0], conditioning=cond[0],
-                   images=comps[0], dataset_name="rrdpo_pairs", count=16, num_frames=22, seed=0)
-    wf.add("PreviewAny", source=pairs[1])
+                   images=clip[0], dataset_name="rrdpo_pairs", count=16, num_frames=22, seed=0)
+    wf.add("PreviewAny", title="Preview Any (summary)", source=pairs[1])
+    if preview:
+        wf.add("PreviewImage", title="Preview Image (pairs)", images=pairs[2])
     return wf
 
 
 def train_lora(Workflow):
     wf = Workflow("d_train_region_dpo_lora")
-    wf.note("Read me", FILES_NOTE.replace("a mask video (white = object to remove)", "no mask (clean footage)")
-            + "\n\n### Training\nBuilds pairs (or reuses the folder), then trains a Region-DPO LoRA with Region-Reg-DPO "
-            "(design defaults: alpha 1 / 1.5 / 0.05, rho 100 / 200 / 5, beta 1000, band 8 px, rank 16, lr 2e-6). "
-            "Checkpoints go to `output/rrdpo_runs/<lora_name>/` and a re-run resumes; the LoRA lands in "
-            "`models/loras/rrdpo/`. Watch DGR and the DPO share in the plots.")
-    video = wf.add("LoadVideo", title="Load Video (clean clip)", file="input_video.mp4")
-    comps = wf.add("GetVideoComponents", video=video[0])
+    wf.note("Read me", TRAIN_NOTE)
+    clip = _clean_clip(wf)
     model, _, vae, cond = _model_chain(wf, lora=False)
     pairs = wf.add("RRDPOBuildPreferencePairs", diffueraser=model[0], vae=vae[0], conditioning=cond[0],
-                   images=comps[0], dataset_name="rrdpo_pairs", count=16, num_frames=22, seed=0)
+                   images=clip[0], dataset_name="rrdpo_pairs", count=16, num_frames=22, seed=0)
     trainer = wf.add("RRDPOTrainer", diffueraser=model[0], conditioning=cond[0], pairs=pairs[0], vae=vae[0],
                      lora_name="region_dpo_lora", steps=200, seed=0)
-    wf.add("PreviewImage", images=trainer[2])
-    wf.add("PreviewAny", source=trainer[3])
+    wf.add("PreviewImage", title="Preview Image (training curves)", images=trainer[2])
+    wf.add("PreviewAny", title="Preview Any (report)", source=trainer[3])
     return wf
 
 
 def ab_compare(Workflow):
     wf = Workflow("e_ab_base_vs_lora_metrics")
-    wf.note("Read me", FILES_NOTE + "\n\n### A/B\nThe same clip, seed and prior through the base model and the model "
-            "with your Region-DPO LoRA; side-by-side video (left base, right LoRA) and metrics for each.")
-    comps, mask = _video_and_mask(wf)
+    wf.note("Read me", AB_NOTE)
+    comps, clip, mask = _video_and_mask(wf)
     base, with_lora, vae, cond = _model_chain(wf, lora=True)
-    prior = wf.add("RRDPOFlowPrior", images=comps[0], mask=mask[0])
+    prior = wf.add("RRDPOFlowPrior", images=clip[0], mask=mask[0])
     results = []
-    for model in (base, with_lora):
-        sampled = wf.add("RRDPODiffuEraserSampler", diffueraser=model[0], vae=vae[0], conditioning=cond[0],
-                         images=comps[0], mask=mask[0], prior=prior[0], steps=2, scheduler="tcd", seed=0)
-        blended = wf.add("RRDPOBlendIntoVideo", original=comps[0], generated=sampled[0], mask=mask[0])
-        metrics = wf.add("RRDPOInpaintingMetrics", result=blended[0], mask=mask[0])
-        wf.add("PreviewAny", source=metrics[0])
-        wf.add("PreviewImage", images=metrics[1])
+    for branch, model in (("Base", base), ("With Region-DPO LoRA", with_lora)):
+        sampled = wf.add("RRDPODiffuEraserSampler", title=f"{branch}: DiffuEraser Sampler", diffueraser=model[0],
+                         vae=vae[0], conditioning=cond[0], images=clip[0], mask=mask[0], prior=prior[0], steps=2,
+                         scheduler="tcd", seed=0)
+        blended = wf.add("RRDPOBlendIntoVideo", title=f"{branch}: Blend Into Video", original=clip[0],
+                         generated=sampled[0], mask=mask[0])
+        metrics = wf.add("RRDPOInpaintingMetrics", title=f"{branch}: Metrics", result=blended[0], mask=mask[0])
+        wf.add("PreviewAny", title=f"{branch}: metrics report", source=metrics[0])
+        wf.add("PreviewImage", title=f"{branch}: metrics chart", images=metrics[1])
         results.append(blended)
-    stitched = wf.add("ImageStitch", image1=results[0][0], image2=results[1][0], direction="right",
-                      match_image_size=True, spacing_width=0, spacing_color="white")
+    stitched = wf.add("ImageStitch", title="Image Stitch (left base, right LoRA)", image1=results[0][0],
+                      image2=results[1][0], direction="right", match_image_size=True, spacing_width=0,
+                      spacing_color="white")
     _save(wf, stitched[0], comps[2], "rrdpo/ab_base_vs_lora")
     return wf
 

@@ -29,6 +29,7 @@ import hashlib
 import math
 import os
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -628,6 +629,20 @@ class _Trainer:
         where = f"; a checkpoint of step {steps_done} is in {path}" if path else ""
         raise Cancelled(f"training cancelled after {steps_done} step(s){where}; run again with resume='auto' to continue")
 
+    def _save_on_stop(self, steps_done: int, last_saved: int) -> None:
+        """Keep the finished steps when the run is stopped from outside our cancel poll.
+
+        ComfyUI raises its interrupt from the progress hook (and clears the flag ``cancel`` reads),
+        so the poll before the next step never sees it; this saves from the exception path instead.
+        Only in a single process: in a distributed run the other ranks would wait at the barrier.
+        """
+        if steps_done <= last_saved or self.dist.world > 1:
+            return
+        try:
+            self.save_checkpoint(steps_done)
+        except Exception as err:  # never hide the original exception behind a failed save
+            warnings.warn(f"could not save a checkpoint of step {steps_done} on stop: {err}")
+
     def _sync_grads(self) -> None:
         if self.dist.world <= 1:
             return
@@ -693,7 +708,14 @@ class _Trainer:
         ckpt = latest_checkpoint(self.out_dir) if start else None
         for step in range(start, total):
             self._check_cancel(step, last_saved)
-            record = self.step(step)
+            try:
+                record = self.step(step)
+            except NonFiniteLossError:
+                raise
+            except BaseException:
+                # Stopped inside a step (before its update, which ends the step): `step` steps are done.
+                self._save_on_stop(step, last_saved)
+                raise
             self.last_record = record
             if self.dist.is_main:
                 self.log.write(record)
@@ -706,7 +728,11 @@ class _Trainer:
             if self.dist.is_main and cfg.plots and cfg.plot_every and done % cfg.plot_every == 0 and done != total:
                 render_plots(self.log.records(), self.out_dir / PLOTS_DIR, beta=cfg.beta)
             if self.progress is not None:
-                self.progress(done, total)
+                try:
+                    self.progress(done, total)
+                except BaseException:  # ComfyUI's progress hook raises its interrupt here
+                    self._save_on_stop(done, last_saved)
+                    raise
         if start >= total and ckpt is None:
             ckpt = latest_checkpoint(self.out_dir)
         lora_path = self.out_dir / cfg.lora_name
