@@ -237,9 +237,9 @@ class RRDPOTrainer:
         with atomic_path(target) as tmp:  # appears in the LoRA list only when complete
             shutil.copyfile(result.lora_path, tmp)
         report = "\n".join(f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {v}" for k, v in result.diagnostics.items())
+        report = f"{memory_line}\n{report}"
         if result.resumed_from:
             report = f"resumed from the checkpoint of step {result.resumed_from} in {run_dir}\n{report}"
-        report = f"{memory_line}\n{report}"
         plots = _plots_image(result.plots)
         return {"ui": {"text": [report]},
                 "result": (diffueraser.with_lora(str(target), 1.0), str(target), plots, report)}
