@@ -112,3 +112,19 @@ def test_plan_offload_auto_follows_free_memory(model):
     assert levels[-1] == "blocks"
     with pytest.raises(ValueError, match="offload must be one of"):
         plan_offload("sometimes", model, 64, 64, 22, compute_device="cpu")
+
+
+def test_remove_objects_offload_option_gives_the_same_frames(tmp_path):
+    from rrdpo_core.models.testing import write_tiny_diffueraser
+    from rrdpo_core.pipeline import remove_objects
+
+    model_dir = write_tiny_diffueraser(tmp_path / "tiny")
+    frames, masks = _video(6)
+    text = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(1))
+    kw = dict(model_dir=model_dir, vae_path=make_tiny_vae(seed=0), prior_frames=frames.flip(0), steps=2,
+              scheduler="ddim", seed=4, text_embeds=text, pcm_lora=None, device="cpu")
+    ref = remove_objects(frames, masks, **kw)
+    low = remove_objects(frames, masks, offload="blocks", **kw)
+    torch.testing.assert_close(low, ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="offload must be one of"):
+        remove_objects(frames, masks, offload="maybe", **kw)
