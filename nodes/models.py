@@ -39,9 +39,19 @@ class DiffuEraserHandle:
     pcm_lora: str | None = None
     pcm_steps: int | None = None
     loras: tuple[tuple[str, float], ...] = field(default_factory=tuple)
+    # Inside ComfyUI: the comfy ModelPatcher that lets ComfyUI load, count and offload the
+    # networks; with LoRAs, a clone of the loader's patcher carrying them as weight patches
+    # (nodes/_patcher.py). None outside ComfyUI (unit-test stubs): the LoRAs are then attached
+    # as peft adapters for the duration of a call.
+    patcher: object = field(default=None, compare=False)
 
     def with_lora(self, path: str, strength: float) -> "DiffuEraserHandle":
-        return replace(self, loras=self.loras + ((path, float(strength)),))
+        patcher = self.patcher
+        if patcher is not None:
+            from ._patcher import with_region_lora
+
+            patcher = with_region_lora(patcher, path, strength)
+        return replace(self, loras=self.loras + ((path, float(strength)),), patcher=patcher)
 
 
 def _is_diffueraser_dir(path: Path) -> bool:
@@ -137,8 +147,10 @@ class RRDPOLoadDiffuEraser:
         if pcm_path is not None:
             name = os.path.basename(pcm_lora).lower()
             pcm_steps = next((n for n in (2, 4, 8, 16) if f"{n}step" in name), None)
+        from ._memory import make_patcher
+
         return (DiffuEraserHandle(model=model, name=model_name, compute_dtype=cdtype, pcm_lora=pcm_path,
-                                  pcm_steps=pcm_steps),)
+                                  pcm_steps=pcm_steps, patcher=make_patcher(model)),)
 
 
 class RRDPOApplyRegionDPOLoRA:

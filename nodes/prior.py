@@ -115,7 +115,8 @@ class RRDPOProPainterPrior:
 
     @_comfy.interrupt_aware
     def run(self, images, mask, propainter, flow_completion, raft, mask_dilation, raft_iter, resize_ratio):
-        from ..rrdpo_core.prior.propainter import load_propainter, propainter_prior
+        from ..rrdpo_core.prior.propainter import propainter_prior
+        from ._memory import propainter_models
 
         source = ("Put ProPainter.pth, recurrent_flow_completion.pth and raft-things.pth in models/propainter "
                   "(github.com/sczhou/ProPainter releases, v0.1.0).")
@@ -127,7 +128,8 @@ class RRDPOProPainterPrior:
         device = _comfy.torch_device()
         fit = _fit(images, mask)
         with torch.inference_mode(False), torch.no_grad():
-            models = load_propainter(files, device=device)
+            # Loaded once per set of files and handed to ComfyUI's model management (nodes/_memory.py).
+            models = propainter_models(files, device)
             result = propainter_prior(images, fit.mask, models, mask_dilation=mask_dilation, raft_iter=raft_iter,
                                       resize_ratio=resize_ratio, progress=_comfy.Progress(),
                                       cancel=_comfy.cancel_requested)

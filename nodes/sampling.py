@@ -12,6 +12,7 @@ from .models import DiffuEraserHandle
 
 CATEGORY = "Region-Reg-DPO/sampling"
 SCHEDULERS = ("tcd", "ddim", "unipc")
+OFFLOAD_CHOICES = ("auto", "none", "windows", "blocks")
 SEED_OPTS = {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}
 
 
@@ -20,8 +21,25 @@ def _model_bytes(model: torch.nn.Module) -> int:
 
 
 @contextlib.contextmanager
-def running(handle: DiffuEraserHandle) -> Iterator[torch.nn.Module]:
-    """The handle's networks on the compute device with its LoRAs attached; undone afterwards."""
+def running(handle: DiffuEraserHandle, size: tuple[int, int, int] | None = None, offload: str = "auto",
+            guidance: bool = False, placement: list | None = None) -> Iterator[torch.nn.Module]:
+    """The handle's networks on the compute device with its LoRAs; undone (or left to ComfyUI) afterwards.
+
+    Inside ComfyUI the handle's model patcher goes through ComfyUI's model management with the
+    memory estimate for ``size`` = (frames, height, width) at the ``offload`` choice
+    (``nodes/_memory.py``); what was done is appended to ``placement``. Without a patcher (unit
+    tests with stubs) the networks are moved by hand and the LoRAs attached as peft adapters.
+    """
+    if handle.patcher is not None:
+        from ._memory import diffueraser_running
+
+        frames, height, width = size if size is not None else (22, 512, 512)
+        with diffueraser_running(handle.patcher, height, width, frames, offload if size is not None else "none",
+                                 guidance) as (model, where):
+            if placement is not None:
+                placement.append(where.detail)
+            yield model
+        return
     from ..rrdpo_core.region_lora import apply_region_lora, remove_region_lora
 
     model = handle.model
@@ -41,6 +59,16 @@ def running(handle: DiffuEraserHandle) -> Iterator[torch.nn.Module]:
             for name in reversed(names):
                 remove_region_lora(model, name)
         model.to(_comfy.offload_device())
+
+
+def _size(clip) -> tuple[int, int, int]:
+    """(frames, height, width) of a padded clip."""
+    frames, height, width = (int(v) for v in clip.frames.shape[:3])
+    return frames, height, width
+
+
+def _report(report: str, placement: list[str]) -> str:
+    return "\n".join([r for r in (report, *placement) if r])
 
 
 def _pipeline(handle: DiffuEraserHandle, model, vae):
@@ -93,15 +121,23 @@ class RRDPOPriorLatents:
                 "scheduler": (list(SCHEDULERS), {"default": "tcd", "tooltip": "Must match the sampler."}),
                 "seed": ("INT", dict(SEED_OPTS, tooltip="Seed of the noise and VAE samples.")),
             },
+            "optional": {
+                "offload": (list(OFFLOAD_CHOICES), {"default": "auto", "tooltip": (
+                    "Where the networks live while this runs. auto: from the free GPU memory and the memory model; "
+                    "none: fully loaded; windows: the video's latents stay off the GPU; blocks: BrushNet and the "
+                    "motion UNet streamed block by block (least memory, slower). Same result at every level.")}),
+            },
         }
 
     @_comfy.interrupt_aware
-    def prepare(self, diffueraser, vae, conditioning, images, mask, prior, mode, t_start, steps, scheduler, seed):
+    def prepare(self, diffueraser, vae, conditioning, images, mask, prior, mode, t_start, steps, scheduler, seed,
+                offload="auto"):
         from ..rrdpo_core.framing import pad_for_model
 
         _check_scheduler(diffueraser, scheduler, steps)
         clip = pad_for_model(images, mask, prior)  # the sampler pads the same way, so the latents fit it
-        with torch.inference_mode(False), running(diffueraser) as model:
+        placement: list[str] = []
+        with torch.inference_mode(False), running(diffueraser, _size(clip), offload, placement=placement) as model:
             text = text_embeds_from_conditioning(conditioning, model.cross_attention_dim)
             pipe = _pipeline(diffueraser, model, vae)
             init = pipe.prepare_latents(
@@ -109,7 +145,7 @@ class RRDPOPriorLatents:
                 scheduler=scheduler, t_start=t_start, seed=seed, progress=_comfy.Progress(),
                 cancel=_comfy.cancel_requested,
             )
-        return ({"samples": init.latents.cpu(), "rrdpo_init": init}, clip.report)
+        return ({"samples": init.latents.cpu(), "rrdpo_init": init}, _report(clip.report, placement))
 
 
 class RRDPODiffuEraserSampler:
@@ -149,12 +185,16 @@ class RRDPODiffuEraserSampler:
                 "latent": ("LATENT", {"tooltip": "Start latents from Prior Latents (else made here from the prior)."}),
                 "prior": ("IMAGE", {"tooltip": "Prior video, used when no latent is given (else: no prior)."}),
                 "negative": ("CONDITIONING", {"tooltip": "Negative prompt for guidance_scale > 1."}),
+                "offload": (list(OFFLOAD_CHOICES), {"default": "auto", "tooltip": (
+                    "Where the networks live while this runs. auto: from the free GPU memory and the memory model; "
+                    "none: fully loaded; windows: the video's latents stay off the GPU; blocks: BrushNet and the "
+                    "motion UNet streamed block by block (least memory, slower). Same result at every level.")}),
             },
         }
 
     @_comfy.interrupt_aware
     def sample(self, diffueraser, vae, conditioning, images, mask, steps, scheduler, seed, guidance_scale,
-               latent=None, prior=None, negative=None):
+               latent=None, prior=None, negative=None, offload="auto"):
         _check_scheduler(diffueraser, scheduler, steps)
         init = latent.get("rrdpo_init") if isinstance(latent, dict) else None
         if latent is not None and init is None:
@@ -163,7 +203,9 @@ class RRDPODiffuEraserSampler:
 
         # Any size: reflect-padded to multiples of 8 for the VAE and cropped back, as remove_objects does.
         clip = pad_for_model(images, mask, prior)
-        with torch.inference_mode(False), running(diffueraser) as model:
+        placement: list[str] = []
+        with torch.inference_mode(False), running(diffueraser, _size(clip), offload, guidance=guidance_scale > 1.0,
+                                                  placement=placement) as model:
             text = text_embeds_from_conditioning(conditioning, model.cross_attention_dim)
             neg = text_embeds_from_conditioning(negative, model.cross_attention_dim) if negative is not None else None
             pipe = _pipeline(diffueraser, model, vae)
@@ -174,7 +216,7 @@ class RRDPODiffuEraserSampler:
                     progress=_comfy.Progress(), cancel=_comfy.cancel_requested,
                 )
         frames = clip.crop(out.frames).contiguous()
-        return (frames.to(_comfy.intermediate_device()), clip.report)
+        return (frames.to(_comfy.intermediate_device()), _report(clip.report, placement))
 
 
 class RRDPOBlendIntoVideo:

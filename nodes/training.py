@@ -180,13 +180,30 @@ class RRDPOTrainer:
             },
             "optional": {
                 "vae": ("VAE", {"tooltip": "Only needed if the pairs were stored without latents."}),
+                "memory_preset": (["auto", "manual"], {"default": "auto", "tooltip": (
+                    "auto: pick gradient checkpointing, pair passes and frames per clip from the free GPU memory "
+                    "(the choice is in the report); manual: use the four settings below as given.")}),
+                "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip": (
+                    "Recompute activations in the backward pass: much less memory, about a third slower (manual).")}),
+                "pair_passes": (["joint", "sequential"], {"default": "joint", "tooltip": (
+                    "joint: winner and loser in one batch (fastest); sequential: one after the other, half the "
+                    "activation memory, same gradients (manual).")}),
+                "frames_per_clip": ("INT", {"default": 0, "min": 0, "max": 32, "tooltip": (
+                    "Train on random crops of this many frames of each clip (0 = whole clips) (manual).")}),
+                "mixed_precision": (["auto", "no", "fp16", "bf16"], {"default": "auto", "tooltip": (
+                    "Autocast precision; auto follows the model's dtype (fp16/bf16 on a GPU, none on the CPU).")}),
+                "separate_process": ("BOOLEAN", {"default": False, "tooltip": (
+                    "Train in a child process that loads the model from disk, so an out-of-memory or a crash "
+                    "cannot take ComfyUI down. Progress, Cancel and checkpoints work the same. Needs pairs stored "
+                    "with their latents.")}),
             },
         }
 
     @_comfy.interrupt_aware
     def train(self, diffueraser: DiffuEraserHandle, conditioning, pairs: PairsHandle, lora_name, steps, learning_rate,
               rank, beta, alpha_hole, alpha_boundary, alpha_context, rho_hole, rho_boundary, rho_context, band_px,
-              grad_accum, checkpoint_every, seed, vae=None):
+              grad_accum, checkpoint_every, seed, vae=None, memory_preset="auto", gradient_checkpointing=False,
+              pair_passes="joint", frames_per_clip=0, mixed_precision="auto", separate_process=False):
         from ..rrdpo_core.train import TrainConfig, train_region_dpo
         from ..rrdpo_core.train.atomic import atomic_path
 
@@ -194,24 +211,61 @@ class RRDPOTrainer:
             raise ValueError("diffueraser: train from the base model; remove the Apply Region-DPO LoRA node before the trainer")
         name = _checked_name(lora_name, "lora_name")
         run_dir = Path(_comfy.output_dir()) / "rrdpo_runs" / name
+        from ._memory import train_memory
+
+        memory, memory_line = train_memory(memory_preset, gradient_checkpointing, pair_passes, frames_per_clip,
+                                           mixed_precision, pairs.root, diffueraser.model)
         config = TrainConfig(
             alpha=(alpha_hole, alpha_boundary, alpha_context), rho=(rho_hole, rho_boundary, rho_context), beta=beta,
             band_px=band_px, rank=rank, lora_alpha=2.0 * rank, learning_rate=learning_rate, max_steps=steps,
             grad_accum=grad_accum, checkpoint_every=checkpoint_every, seed=seed, lora_name=f"{name}.safetensors",
+            **memory,
         )
-        with torch.inference_mode(False), running(diffueraser) as model:
-            text = text_embeds_from_conditioning(conditioning, model.cross_attention_dim)
-            result = train_region_dpo(model, ComfyVAECodec(vae) if vae is not None else None, text, pairs.root, config,
-                                      out_dir=run_dir, progress=_comfy.Progress(steps), cancel=_comfy.cancel_requested)
+        if separate_process:
+            result = _train_in_process(diffueraser, conditioning, pairs, config, run_dir, steps)
+        else:
+            from ..rrdpo_core.train.isolation import preserved
+
+            with torch.inference_mode(False), running(diffueraser) as model:
+                text = text_embeds_from_conditioning(conditioning, model.cross_attention_dim)
+                # The cached networks and the process-wide RNGs come back as they were, whatever happens.
+                with preserved(model):
+                    result = train_region_dpo(model, ComfyVAECodec(vae) if vae is not None else None, text,
+                                              pairs.root, config, out_dir=run_dir, progress=_comfy.Progress(steps),
+                                              cancel=_comfy.cancel_requested)
         target = Path(_comfy.trained_lora_dir()) / f"{name}.safetensors"
         with atomic_path(target) as tmp:  # appears in the LoRA list only when complete
             shutil.copyfile(result.lora_path, tmp)
         report = "\n".join(f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {v}" for k, v in result.diagnostics.items())
+        report = f"{memory_line}\n{report}"
         if result.resumed_from:
             report = f"resumed from the checkpoint of step {result.resumed_from} in {run_dir}\n{report}"
         plots = _plots_image(result.plots)
         return {"ui": {"text": [report]},
                 "result": (diffueraser.with_lora(str(target), 1.0), str(target), plots, report)}
+
+
+def _train_in_process(diffueraser: DiffuEraserHandle, conditioning, pairs: PairsHandle, config, run_dir: Path,
+                      steps: int):
+    """Train in a child process (rrdpo_core.train.process) that loads the model from its folder."""
+    from ..rrdpo_core.pairs import PairDataset
+    from ..rrdpo_core.pipeline import save_text_embeds
+    from ..rrdpo_core.train.process import run_training_in_process
+    from .models import _resolve_model_dir
+
+    if not PairDataset(pairs.root).has_latents:
+        raise ValueError("separate_process: the pairs were stored without latents and ComfyUI's VAE cannot be handed "
+                         "to another process; rebuild them with latents, or train in this process")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = text_embeds_from_conditioning(conditioning, diffueraser.model.cross_attention_dim)
+    text_path = save_text_embeds(run_dir / "text_embeds.safetensors", text)
+    device = _comfy.torch_device()
+    config = config.replace(model_dir=str(_resolve_model_dir(diffueraser.name)), pairs_dir=str(pairs.root),
+                            out_dir=str(run_dir), pcm_lora=diffueraser.pcm_lora, text_embeds=str(text_path),
+                            device=str(device))
+    if device.type != "cpu":  # make room: the child needs the memory ComfyUI's models hold
+        _comfy.free_memory_for(device, 1 << 62)
+    return run_training_in_process(config, progress=_comfy.Progress(steps), cancel=_comfy.cancel_requested)
 
 
 NODE_CLASS_MAPPINGS = {

@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="3x3 dilation steps applied to the mask after one erosion (DiffuEraser default 8)")
     r.add_argument("--max-frames", type=_positive_int, default=None, help="use only the first N frames")
     r.add_argument("--fps", type=float, default=None, help="output frame rate (default: the input's, 24 for folders)")
+    r.add_argument("--offload", choices=("none", "windows", "blocks", "auto"), default="none",
+                   help="low-memory sampling for --model: the video's latents (windows) and also BrushNet/UNet blocks "
+                        "(blocks) off the GPU; auto picks from free GPU memory; same result (default none)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -327,7 +330,7 @@ def _run_model(args: argparse.Namespace, frames: np.ndarray, masks: np.ndarray, 
     out = remove_objects(torch.from_numpy(frames), torch.from_numpy(masks), model_dir=args.model,
                          vae_path=args.vae, lora_path=args.lora, lora_strength=args.lora_strength,
                          prior_frames=prior_frames, steps=args.steps, seed=args.seed,
-                         device=args.device, progress=progress.stage("DiffuEraser"), **extra)
+                         device=args.device, progress=progress.stage("DiffuEraser"), offload=args.offload, **extra)
     out = out.detach().cpu().float().numpy() if isinstance(out, torch.Tensor) else np.asarray(out, np.float32)
     return resize_frames(out, height, width)
 

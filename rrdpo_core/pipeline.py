@@ -753,6 +753,7 @@ def remove_objects(
     blend: bool = True,
     init_mode: str = "noise",
     t_start: int = 999,
+    offload: str = "none",
 ) -> torch.Tensor | np.ndarray:
     """Remove the masked objects from a video with DiffuEraser, from weights on disk.
 
@@ -776,6 +777,9 @@ def remove_objects(
         blend: composite the result into the input (``rrdpo_core.blend.blend_into_video``, the
             released Gaussian feather), so every pixel away from the holes is the input's exactly;
             False returns the raw generated frames.
+        offload: low-memory sampling (:mod:`rrdpo_core.offload`): ``"none"`` (default, all on the
+            device), ``"windows"``, ``"blocks"`` or ``"auto"`` (from the GPU's free memory). Every
+            level gives the same result.
 
     Returns:
         ``(T, H, W, 3)`` float32 in [0, 1] at the input size: a torch tensor if ``frames`` was one,
@@ -825,9 +829,15 @@ def remove_objects(
     if (height, width) != padded.size:
         warnings.warn(f"frames are {width}x{height}; padded to {padded.size[1]}x{padded.size[0]} (multiples of 8) "
                       "for the model and cropped back", stacklevel=2)
-    pipe = DiffuEraserPipeline(model, codec)
-    out = pipe(padded.frames, padded.holes, padded.prior, text, num_inference_steps=steps, scheduler=scheduler,
-               seed=seed, progress=progress, cancel=cancel, init_mode=init_mode, t_start=t_start)
+    # Low-memory sampling (rrdpo_core.offload): same result, less on the GPU; "auto" reads its free memory.
+    from .offload import low_memory, plan_offload
+
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    plan = plan_offload(offload, model, *padded.size, padded.num_frames, compute_device=device, free_bytes=free)
+    with low_memory(model, codec, plan) as (denoiser, low_codec):
+        out = DiffuEraserPipeline(denoiser, low_codec)(
+            padded.frames, padded.holes, padded.prior, text, num_inference_steps=steps, scheduler=scheduler,
+            seed=seed, progress=progress, cancel=cancel, init_mode=init_mode, t_start=t_start)
     generated = out.frames[:, :height, :width]
     if not blend:
         return result(generated.contiguous())

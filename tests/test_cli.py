@@ -86,10 +86,11 @@ def test_model_branch_passes_the_prior_and_returns_the_input_size(clip_on_disk, 
     calls = {}
 
     def remove_objects(frames, masks, *, model_dir, vae_path, lora_path=None, lora_strength=1.0,
-                       prior_frames=None, steps=2, seed=None, device=None, progress=None, blend=True):
+                       prior_frames=None, steps=2, seed=None, device=None, progress=None, blend=True,
+                       offload="none"):
         calls.update(shape=tuple(frames.shape), mask_shape=tuple(masks.shape), prior=tuple(prior_frames.shape),
                      model_dir=model_dir, lora=lora_path, strength=lora_strength, steps=steps, seed=seed,
-                     blend=blend)
+                     blend=blend, offload=offload)
         return prior_frames[:, :, :96]  # stands in for the model; a smaller output is resized back
 
     fake = types.ModuleType("rrdpo_core.pipeline")
@@ -97,8 +98,9 @@ def test_model_branch_passes_the_prior_and_returns_the_input_size(clip_on_disk, 
     monkeypatch.setitem(sys.modules, "rrdpo_core.pipeline", fake)
     code = cli.main(["remove", "--video", str(tmp / "video"), "--mask", str(tmp / "mask"), "--out", str(tmp / "o"),
                      "--model", "weights", "--vae", "vae.safetensors", "--lora", "l.safetensors",
-                     "--lora-strength", "0.5", "--steps", "4", "--seed", "3", "--quiet"])
+                     "--lora-strength", "0.5", "--steps", "4", "--seed", "3", "--offload", "blocks", "--quiet"])
     assert code == 0
+    assert calls["offload"] == "blocks"
     assert "multiple of 8" in capsys.readouterr().out
     assert calls["shape"] == (6, 64, 100, 3) and calls["mask_shape"] == (6, 64, 100)
     assert calls["prior"] == (6, 64, 100, 3)

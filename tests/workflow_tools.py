@@ -79,10 +79,17 @@ def _has_control_widget(name: str, kind: str, opts: dict) -> bool:
 
 
 def widget_values_by_name(node: dict, spec: dict) -> dict:
-    """Map a UI node's positional ``widgets_values`` to input names (skipping seed-control values)."""
+    """Map a UI node's positional ``widgets_values`` to input names (skipping seed-control values).
+
+    Optional widgets added to a node after the workflow was saved have no value yet; like the
+    frontend, they take their default (only trailing optional ones: anything else is an error).
+    """
     values = list(node.get("widgets_values") or [])
     out, i = {}, 0
     for name, kind, opts in widget_entries(spec):
+        if i >= len(values) and not opts["_required"] and "default" in opts:
+            out[name] = opts["default"]
+            continue
         if i >= len(values):
             raise ValueError(f"node {node['id']} ({node['type']}): no widget value for {name!r}")
         out[name] = values[i]
