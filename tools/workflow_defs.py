@@ -23,7 +23,7 @@ OUTPUT = """### Output
 *Save Video* writes an H.264 mp4 for viewing (ComfyUI 0.3.64's Save Video has no quality setting, so it is lossy); *Save Image (exact frames)* writes every frame as a lossless PNG to `output/{prefix}_frames_*.png`: use those when the untouched pixels must stay exact."""
 
 PRIOR_NOTE = """### Object removal without any model file
-The *Flow Propagation Prior* fills the hole with pixels that other frames saw (OpenCV optical flow), and fills never-seen pixels spatially. The *Preview Image (visibility)* shows which is which: green = seen in another frame, magenta = never seen (where a generative model such as DiffuEraser helps most). *Blend Into Video* puts the fill back into the original frames.
+The *Flow Propagation Prior* fills the hole with pixels that other frames saw (OpenCV optical flow), and fills never-seen pixels spatially. The *Preview Image (visibility)* shows where each hole pixel came from: green = copied from one other frame, blue = fused from several frames that agree, magenta = never seen and filled spatially (where a generative model such as DiffuEraser helps most). *Blend Into Video* puts the fill back into the original frames.
 
 """ + TWO_VIDEOS + "\n\n" + OUTPUT.format(prefix="rrdpo/flow_prior")
 
