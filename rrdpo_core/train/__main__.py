@@ -42,29 +42,31 @@ def _model_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
     return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mp]
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parse(argv)
-    cfg = TrainConfig.from_json(args.config)
-    overrides = {k: v for k, v in (("out_dir", args.out_dir), ("max_steps", args.max_steps),
-                                   ("resume", args.resume), ("device", args.device)) if v is not None}
-    if overrides:
-        cfg = cfg.replace(**overrides)
-    for name in ("model_dir", "pairs_dir", "out_dir"):
-        if not getattr(cfg, name):
-            raise SystemExit(f"config {args.config}: '{name}' is required on the command line")
-
-    from ..models import load_diffueraser
+def checked_pairs(cfg: TrainConfig):
+    """The pairs, checked before anything heavy: a wrong folder should not cost a model load."""
+    from ..errors import RrdpoInputError
     from ..pairs import PairDataset
-    from .trainer import _Dist, run_training
 
-    # The pairs are checked first: a wrong folder should not cost a model load.
     dataset = PairDataset(cfg.pairs_dir)
     if len(dataset) == 0:  # before the latents/VAE question, which an empty folder cannot answer
-        raise SystemExit(f"{cfg.pairs_dir} holds no preference pairs (dataset.json but no complete sample in "
-                         f"samples/); build them with rrdpo_core.pairs.build_preference_pairs or the Build Preference "
-                         f"Pairs node, then train")
+        raise RrdpoInputError(f"{cfg.pairs_dir} holds no preference pairs (dataset.json but no complete sample in "
+                              f"samples/); build them with rrdpo_core.pairs.build_preference_pairs or the Build "
+                              f"Preference Pairs node, then train")
     if not dataset.has_latents and not cfg.vae_path:
-        raise SystemExit(f"{cfg.pairs_dir} stores no latents: set 'vae_path' in the config to encode the frames")
+        raise RrdpoInputError(f"{cfg.pairs_dir} stores no latents: set 'vae_path' in the config to encode the frames")
+    return dataset
+
+
+def load_training_inputs(cfg: TrainConfig, dataset):
+    """Process group/device, the model (with the PCM adapter), the text embedding and the VAE for ``cfg``.
+
+    Shared by this command line and the separate training process (``train.process``), so both
+    train exactly the same thing. Returns ``(dist, model, text, vae)``; ``text`` is None when the
+    pairs store their own embedding, ``vae`` None when they store latents.
+    """
+    from ..models import load_diffueraser
+    from .trainer import _Dist
+
     # The process group and device come first: each process loads the model onto its own device.
     dist = _Dist(torch.device(cfg.device) if cfg.device else None, cfg.device == "cpu")
     device = dist.device
@@ -85,11 +87,32 @@ def main(argv: list[str] | None = None) -> int:
         text = resolve_text_embeds(None, None, cfg.model_dir)
     vae = None
     if not dataset.has_latents:
-        if not cfg.vae_path:
-            raise SystemExit(f"{cfg.pairs_dir} stores no latents: set 'vae_path' in the config to encode the frames")
         from ..vae import load_vae
 
         vae = load_vae(cfg.vae_path, dtype=dtype, device=device)
+    return dist, model, text, vae
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    cfg = TrainConfig.from_json(args.config)
+    overrides = {k: v for k, v in (("out_dir", args.out_dir), ("max_steps", args.max_steps),
+                                   ("resume", args.resume), ("device", args.device)) if v is not None}
+    if overrides:
+        cfg = cfg.replace(**overrides)
+    for name in ("model_dir", "pairs_dir", "out_dir"):
+        if not getattr(cfg, name):
+            raise SystemExit(f"config {args.config}: '{name}' is required on the command line")
+
+    from .trainer import run_training
+
+    from ..errors import RrdpoInputError
+
+    try:
+        dataset = checked_pairs(cfg)
+    except RrdpoInputError as err:
+        raise SystemExit(str(err)) from None
+    dist, model, text, vae = load_training_inputs(cfg, dataset)
 
     def progress(done: int, total: int) -> None:
         if dist.is_main:

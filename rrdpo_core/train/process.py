@@ -179,39 +179,15 @@ def _emit(msg: dict[str, Any]) -> None:
 
 
 def _child(job_path: str) -> int:
-    import torch
-
     job = json.loads(Path(job_path).read_text(encoding="utf-8"))
     cfg = TrainConfig.from_dict(job["config"])
     flag = Path(job["cancel_flag"])
     try:
-        from ..models import load_diffueraser
-        from ..pairs import PairDataset
-        from .__main__ import _model_dtype
-        from .trainer import _Dist, run_training
+        from .__main__ import checked_pairs, load_training_inputs
+        from .trainer import run_training
 
-        dist = _Dist(torch.device(cfg.device) if cfg.device else None, cfg.device == "cpu")
-        device = dist.device
-        dtype = _model_dtype(cfg, device)
-        model = load_diffueraser(cfg.model_dir, dtype=dtype, device=device)
-        if cfg.pcm_lora:
-            from ..lora import apply_kohya_lora
-
-            apply_kohya_lora(model.unet, Path(cfg.pcm_lora), adapter_name="pcm")
-        dataset = PairDataset(cfg.pairs_dir)
-        text = None
-        if cfg.text_embeds:
-            from ..pipeline import load_text_embeds
-
-            text = load_text_embeds(cfg.text_embeds)
-        vae = None
-        if not dataset.has_latents:
-            if not cfg.vae_path:
-                raise ValueError(f"{cfg.pairs_dir} stores no latents: the training process needs vae_path to encode "
-                                 "the frames (or build the pairs with their latents)")
-            from ..vae import load_vae
-
-            vae = load_vae(cfg.vae_path, dtype=dtype, device=device)
+        dataset = checked_pairs(cfg)
+        _, model, text, vae = load_training_inputs(cfg, dataset)
         result = run_training(
             model, dataset, text, cfg, out_dir=cfg.out_dir, vae=vae,
             progress=lambda done, total: _emit({"type": "progress", "done": done, "total": total}),
