@@ -120,7 +120,7 @@ def propainter_models(files: dict[str, str], device: torch.device) -> Any:
     entry = _PROPAINTER_CACHE.get(key)
     if entry is None:
         _PROPAINTER_CACHE.clear()  # one set of ProPainter weights at a time
-        with _comfy.building_model() if hasattr(_comfy, "building_model") else contextlib.nullcontext():
+        with _comfy.building_model():  # normal tensors even under ComfyUI's inference mode
             models = load_propainter(files, device=_comfy.offload_device())
         patcher = None
         if have_model_patcher():
