@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rrdpo_core.loss import region_reg_dpo_loss  # noqa: E402
 from rrdpo_core.masks import random_mask_sequence  # noqa: E402
-from rrdpo_core.pairs import known_mask_latent  # noqa: E402
+from rrdpo_core.conditioning import known_mask_latent  # noqa: E402
 from rrdpo_core.region_lora import (  # noqa: E402
     ADAPTER_NAME,
     adapter_disabled,

@@ -78,7 +78,9 @@ def _pipeline(handle: DiffuEraserHandle, model, vae):
 
 
 def _check_scheduler(handle: DiffuEraserHandle, scheduler: str, steps: int) -> None:
-    if scheduler == "tcd" and handle.pcm_lora is None and steps < 8:
+    from ..rrdpo_core.schedulers import needs_pcm_lora
+
+    if handle.pcm_lora is None and needs_pcm_lora(scheduler, steps):
         raise ValueError(
             f"scheduler: TCD with {steps} steps needs the PCM LoRA (choose it in Load DiffuEraser), "
             "or use unipc/ddim with about 20 steps"

@@ -205,7 +205,7 @@ class RRDPOTrainer:
               grad_accum, checkpoint_every, seed, vae=None, memory_preset="auto", gradient_checkpointing=False,
               pair_passes="joint", frames_per_clip=0, mixed_precision="auto", separate_process=False):
         from ..rrdpo_core.train import TrainConfig, train_region_dpo
-        from ..rrdpo_core.train.atomic import atomic_path
+        from ..rrdpo_core.fsutil import atomic_path
 
         if diffueraser.loras:
             raise ValueError("diffueraser: train from the base model; remove the Apply Region-DPO LoRA node before the trainer")
@@ -249,7 +249,7 @@ def _train_in_process(diffueraser: DiffuEraserHandle, conditioning, pairs: Pairs
                       steps: int):
     """Train in a child process (rrdpo_core.train.process) that loads the model from its folder."""
     from ..rrdpo_core.pairs import PairDataset
-    from ..rrdpo_core.pipeline import save_text_embeds
+    from ..rrdpo_core.text_embeddings import save_text_embeds
     from ..rrdpo_core.train.process import run_training_in_process
     from .models import _resolve_model_dir
 

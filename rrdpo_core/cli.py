@@ -5,7 +5,7 @@ flow prior, writes the result and prints per-zone metrics next to a per-frame Op
 
 ``remove`` removes the masked object from a video (mp4 or a folder of frames). Without
 ``--model`` it fills the hole with the flow prior (no weights) and says so; with ``--model`` the
-prior is refined by DiffuEraser (``rrdpo_core.pipeline.remove_objects``).
+prior is refined by DiffuEraser (``rrdpo_core.api.remove_objects``).
 
 Frame sizes: any. The flow prior works at any size; with ``--model`` the pipeline pads frames to
 multiples of 8 for the network and crops back (a note says so). The result always has the
@@ -14,18 +14,18 @@ input's size, and the input's exact pixels outside the blended band.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
 import torch
 
 from .errors import Cancelled, RrdpoInputError
+from .fsutil import atomic_write_json
+from .progress import ProgressBars
 
 __all__ = ["main", "build_parser"]
 
@@ -91,34 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class _Progress:
-    """tqdm bars driven by the library's ``progress(done, total)`` callbacks."""
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self.bar = None
-
-    def stage(self, name: str) -> Callable[[int, int], None]:
-        self.close()
-        if self.quiet:
-            return lambda done, total: None
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=1, desc=name, unit="step", leave=False, file=sys.stderr)
-
-        def update(done: int, total: int) -> None:
-            if self.bar.total != total:
-                self.bar.total = total
-            self.bar.update(done - self.bar.n)  # update() throttles redraws
-
-        return update
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
 def _telea(frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """Per-frame OpenCV Telea fill composited into the frames (the naive baseline)."""
     out = frames.copy()
@@ -139,7 +111,7 @@ def _overlay(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return img
 
 
-def _demo(args: argparse.Namespace, progress: _Progress) -> int:
+def _demo(args: argparse.Namespace, progress: ProgressBars) -> int:
     from .blend import blend_into_video
     from .metrics import evaluate_inpainting
     from .prior import flow_propagation_prior
@@ -207,12 +179,10 @@ def _memory_need(frames: int, height: int, width: int) -> int:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float))
-    os.replace(tmp, path)
+    atomic_write_json(path, data, sort_keys=False, default=float)
 
 
-def _remove(args: argparse.Namespace, progress: _Progress) -> int:
+def _remove(args: argparse.Namespace, progress: ProgressBars) -> int:
     from .blend import blend_into_video
     from .masks import prepare_masks
     from .prior import flow_propagation_prior
@@ -303,34 +273,23 @@ def _propainter_prior(args: argparse.Namespace, frames: np.ndarray, masks: np.nd
 
 
 def _run_model(args: argparse.Namespace, frames: np.ndarray, masks: np.ndarray, prior: np.ndarray | None,
-               progress: _Progress) -> np.ndarray:
+               progress: ProgressBars) -> np.ndarray:
     """DiffuEraser refinement of the prior, returned at the input size (blended by the caller)."""
-    import inspect
-
+    from .api import remove_objects
     from .video_io import resize_frames
 
-    try:
-        from .pipeline import remove_objects
-    except ImportError as err:
-        raise RrdpoInputError(f"--model needs the diffusion pipeline (rrdpo_core.pipeline), which is not "
-                              f"available in this install ({err})") from err
     if args.vae is None:
         raise RrdpoInputError("--model needs --vae (the sd-vae-ft-mse weights)")
     height, width = frames.shape[1:3]
     if height % 8 or width % 8:
         print(f"note: {width}x{height} is not a multiple of 8: the model pads the frames to the next multiple "
               "of 8 (reflection) and crops its output back, so the result keeps the input size")
-    params = inspect.signature(remove_objects).parameters
-    extra = {}
-    if "blend" in params:
-        extra["blend"] = False  # raw generated frames: the --blend mode below composites them
-    if "cancel" in params:
-        extra["cancel"] = None
     prior_frames = None if prior is None else torch.from_numpy(prior)
     out = remove_objects(torch.from_numpy(frames), torch.from_numpy(masks), model_dir=args.model,
                          vae_path=args.vae, lora_path=args.lora, lora_strength=args.lora_strength,
                          prior_frames=prior_frames, steps=args.steps, seed=args.seed,
-                         device=args.device, progress=progress.stage("DiffuEraser"), offload=args.offload, **extra)
+                         device=args.device, progress=progress.stage("DiffuEraser"), offload=args.offload,
+                         blend=False)  # raw generated frames: the --blend mode of the caller composites them
     out = out.detach().cpu().float().numpy() if isinstance(out, torch.Tensor) else np.asarray(out, np.float32)
     return resize_frames(out, height, width)
 
@@ -339,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    progress = _Progress(args.quiet)
+    progress = ProgressBars(args.quiet)
     try:
         if args.command == "demo":
             return _demo(args, progress)

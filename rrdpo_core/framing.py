@@ -7,7 +7,7 @@ can show the user that a mask was stretched or a clip was shortened instead of d
 * :func:`fit_mask` - one mask for all frames or one per frame, resized to the frame size.
 * :func:`trim_resize_clip` - a frame range and a size cap (never upscaling), with the mask along.
 * :func:`pad_for_model` / :meth:`PaddedClip.crop` - reflect-pad to multiples of 8 for the VAE and
-  crop the result back, as :func:`rrdpo_core.pipeline.remove_objects` does.
+  crop the result back, as :func:`rrdpo_core.api.remove_objects` does.
 """
 from __future__ import annotations
 
@@ -190,13 +190,13 @@ class PaddedClip:
 
 def pad_for_model(frames: torch.Tensor, mask: torch.Tensor, prior: torch.Tensor | None = None,
                   multiple: int = 8) -> PaddedClip:
-    """Check and fit the inputs of the sampler, then pad them like :func:`rrdpo_core.pipeline.remove_objects`.
+    """Check and fit the inputs of the sampler, then pad them like :func:`rrdpo_core.api.remove_objects`.
 
     The mask is fitted with :func:`fit_mask` (one for all frames; resized if its size differs);
     sides that are not multiples of ``multiple`` are reflect-padded at the bottom/right (the hole
     mask with zeros), so every input pixel stays as it is. Crop results with :meth:`PaddedClip.crop`.
     """
-    from .pipeline import check_inputs, pad_to_multiple
+    from .inputs import check_inputs, pad_to_multiple
 
     if not isinstance(frames, torch.Tensor) or frames.ndim != 4:
         raise RrdpoInputError("images: expected an IMAGE [frames, H, W, C]")

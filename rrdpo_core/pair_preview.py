@@ -9,7 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .pairs import LOSER_KINDS, PairDataset, masked_image
+from .conditioning import masked_image
+from .pairs import LOSER_KINDS, PairDataset
 
 __all__ = ["pair_preview"]
 

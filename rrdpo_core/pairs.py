@@ -39,10 +39,13 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .errors import Cancelled, RrdpoInputError
-from .train.atomic import atomic_save_safetensors, atomic_write_json, atomic_write_text, fsync_dir, remove_temp_files
+from .blend import blend_into_video
+from .conditioning import encode_frames, masked_image
+from .errors import RrdpoInputError
+from .fsutil import atomic_save_safetensors, atomic_write_json, atomic_write_text, fsync_dir, remove_temp_files
+from .progress import CancelFn, ProgressFn, check_cancel
+from .rng import derive_seed
 
 __all__ = [
     "LOSER_KINDS",
@@ -55,9 +58,6 @@ __all__ = [
     "build_preference_pairs",
     "resolve_sources",
     "composite_onto_truth",
-    "masked_image",
-    "known_mask_latent",
-    "encode_frames",
 ]
 
 PAIRS_FORMAT = "rrdpo.pairs"
@@ -70,28 +70,9 @@ TEXT_FILE = "text_embeds.safetensors"
 LOCK_FILE = ".lock"
 LATENT_KEYS = ("winner_latents", "loser_latents", "masked_latents")
 
-ProgressFn = Callable[[int, int], None]
-CancelFn = Callable[[], bool]
-
 
 # --------------------------------------------------------------------------------------------
-# Small shared helpers (the trainer builds its conditioning with the same functions)
-
-
-def masked_image(frames: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
-    """DiffuEraser's masked frame ``frame * (1 - mask)``: black in the hole. ``(T,H,W,3)`` in [0, 1]."""
-    return frames * (1.0 - hole.to(frames.dtype))[..., None]
-
-
-def known_mask_latent(hole: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """BrushNet's mask channel at latent size: 1 = known, 0 = hole, nearest resize (reference §1.8).
-
-    ``hole``: ``(..., H, W)`` with 1 = hole. Returns ``(..., 1, h, w)`` float32.
-    """
-    lead = hole.shape[:-2]
-    known = 1.0 - hole.reshape(-1, 1, *hole.shape[-2:]).float()
-    small = F.interpolate(known, size=tuple(size), mode="nearest")
-    return small.reshape(*lead, 1, *size)
+# Compositing
 
 
 def composite_onto_truth(truth: torch.Tensor, generated: torch.Tensor, hole: torch.Tensor,
@@ -106,37 +87,16 @@ def composite_onto_truth(truth: torch.Tensor, generated: torch.Tensor, hole: tor
         return generated * a + truth * (1 - a)
     if mode != "gaussian":
         raise ValueError(f"composite mode must be 'gaussian' or 'hard', got {mode!r}")
-    try:
-        from .blend import blend_into_video
-    except ImportError:  # pragma: no cover - the blend module ships with the sampler
-        blend_into_video = None
-    if blend_into_video is not None:
-        out = blend_into_video(truth, generated, hole, mode="gaussian")
-        return torch.as_tensor(np.asarray(out) if not torch.is_tensor(out) else out).float()
-    import cv2  # pragma: no cover
-
-    alphas = []
-    for m in hole.float().cpu().numpy():
-        m255 = (m > 0.5).astype(np.float32) * 255.0
-        blur = cv2.GaussianBlur(m255, (21, 21), 0) / 255.0
-        alpha = 1.0 - (1.0 - m255 / 255.0) * (1.0 - blur)
-        alphas.append(np.floor(alpha * 255.0) / 255.0)  # quantised as released: 0 beyond the feather
-    a = torch.from_numpy(np.stack(alphas))[..., None].to(truth.dtype)
-    return generated * a + truth * (1 - a)
+    out = blend_into_video(truth, generated, hole, mode="gaussian")
+    return torch.as_tensor(np.asarray(out) if not torch.is_tensor(out) else out).float()
 
 
 def _to_uint8(frames: torch.Tensor) -> torch.Tensor:
     return (frames.float().clamp(0, 1) * 255.0).round().to(torch.uint8)
 
 
-def _derive_seed(*parts: Any) -> int:
-    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
 def _check_cancel(cancel: CancelFn | None) -> None:
-    if cancel is not None and cancel():
-        raise Cancelled("building preference pairs was cancelled; run it again to continue where it stopped")
+    check_cancel(cancel, "building preference pairs was cancelled; run it again to continue where it stopped")
 
 
 # --------------------------------------------------------------------------------------------
@@ -576,23 +536,6 @@ def _plan(settings: PairSettings, index: int, lengths: Sequence[int]) -> dict[st
     return dict(source_index=src, start=start, kind=kind, mask_seed=mask_seed, sampler_seeds=sampler_seeds)
 
 
-def encode_frames(vae: Any, frames01: torch.Tensor, generator: torch.Generator | None = None,
-                  batch: int = 4) -> torch.Tensor:
-    """Scaled VAE latents ``(T,4,h,w)`` float32 on the CPU of frames ``(T,H,W,3)`` in [0, 1].
-
-    ``generator`` fixes the codec's posterior sample (a stored pair must not depend on the
-    global RNG, or a resumed build would differ from an uninterrupted one).
-    """
-    from .vae import codec_encode
-
-    out = []
-    x = frames01.permute(0, 3, 1, 2) * 2.0 - 1.0
-    with torch.no_grad():
-        for i in range(0, x.shape[0], batch):
-            out.append(torch.as_tensor(codec_encode(vae, x[i : i + batch], generator)).float().cpu())
-    return torch.cat(out, 0)
-
-
 def _write_settings(root: Path, settings: PairSettings) -> None:
     atomic_write_json(root / DATASET_FILE, {"format": PAIRS_FORMAT, "version": PAIRS_VERSION,
                                             "settings": settings.to_dict(), "created": time.time()})
@@ -854,7 +797,7 @@ def _make_pair(index: int, settings: PairSettings, cache: _ClipCache, lengths: S
         # Encode what is stored (the uint8 frames), so latents and pixels describe the same pair.
         w01 = winner_u8.float() / 255.0
         l01 = loser_u8.float() / 255.0
-        latent_gen = torch.Generator().manual_seed(_derive_seed(settings.seed, "latents", index))
+        latent_gen = torch.Generator().manual_seed(derive_seed(settings.seed, "latents", index))
         for i, (key, x) in enumerate((("winner_latents", w01), ("loser_latents", l01),
                                       ("masked_latents", masked_image(w01, tensors["mask"].float())))):
             if ticks is not None:

@@ -438,7 +438,7 @@ def save_region_lora(
         peft_sd = {k: v.to(dtype) for k, v in peft_sd.items()}
     if info.fingerprint is None:
         info = RegionLoraInfo(**{**info.__dict__, "fingerprint": base_fingerprint(unet)})
-    from .train.atomic import atomic_save_safetensors
+    from .fsutil import atomic_save_safetensors
 
     return atomic_save_safetensors(Path(path), _to_diffusers_keys(peft_sd), info.to_metadata())
 

@@ -27,9 +27,21 @@ __all__ = [
     "step_kwargs",
     "end_alpha_cumprod",
     "forward_noise",
+    "TCD_STEPS_WITHOUT_PCM",
+    "needs_pcm_lora",
 ]
 
 SCHEDULERS = ("tcd", "ddim", "unipc")
+
+# TCD below this many steps is a few-step sampler: it gives sharp results only with the PCM LoRA
+# (released DiffuEraser: 2 steps + the 2-step PCM LoRA). The sampler node refuses such a run
+# without the LoRA and remove_objects warns; both ask needs_pcm_lora.
+TCD_STEPS_WITHOUT_PCM = 8
+
+
+def needs_pcm_lora(scheduler: Any, steps: int) -> bool:
+    """Whether sampling ``steps`` steps with ``scheduler`` needs the PCM LoRA (few-step TCD)."""
+    return scheduler == "tcd" and int(steps) < TCD_STEPS_WITHOUT_PCM
 
 # SD1.5's scheduler/scheduler_config.json (a PNDM config; the other schedulers read the keys they know).
 SD15_SCHEDULER_CONFIG: dict[str, Any] = {

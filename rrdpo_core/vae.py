@@ -30,6 +30,7 @@ __all__ = [
     "AutoencoderKLCodec",
     "load_vae",
     "make_tiny_vae",
+    "write_tiny_vae",
     "codec_encode",
 ]
 
@@ -232,3 +233,9 @@ def make_tiny_vae(seed: int = 0, dtype: torch.dtype = torch.float32, **codec_kwa
         vae = vae.to(dtype)
     return AutoencoderKLCodec(vae.eval(), **codec_kwargs)
 
+
+def write_tiny_vae(folder: str | os.PathLike, seed: int = 0) -> Path:
+    """Save :func:`make_tiny_vae`'s weights as a diffusers VAE folder (for tests that load from disk)."""
+    folder = Path(folder)
+    make_tiny_vae(seed).vae.save_pretrained(str(folder))
+    return folder

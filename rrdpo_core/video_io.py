@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from .errors import RrdpoInputError
+from .fsutil import atomic_path
 from .validate import last_error_lines
 
 __all__ = [
@@ -286,17 +286,6 @@ def _to_uint8(frames: torch.Tensor | np.ndarray) -> np.ndarray:
     return (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def _atomic_target(path: Path) -> Path:
-    """A temporary file beside ``path`` (same folder, so the final rename is atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
-    return Path(tmp)
-
-
 def write_image(path: str | os.PathLike, image: torch.Tensor | np.ndarray) -> Path:
     """Write one RGB image (H, W, 3), float in [0, 1] or uint8, atomically."""
     path = Path(path)
@@ -304,12 +293,8 @@ def write_image(path: str | os.PathLike, image: torch.Tensor | np.ndarray) -> Pa
     ok, buf = cv2.imencode(path.suffix or ".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise RrdpoInputError(f"{path}: OpenCV cannot encode images of this type; use .png or .jpg")
-    tmp = _atomic_target(path)
-    try:
+    with atomic_path(path, durable=False) as tmp:
         tmp.write_bytes(buf.tobytes())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -341,8 +326,7 @@ def write_video(path: str | os.PathLike, frames: torch.Tensor | np.ndarray | Ite
 
     h, w = data.shape[1:3]
     pix_fmt = "yuv420p" if h % 2 == 0 and w % 2 == 0 else "yuv444p"
-    tmp = _atomic_target(path)
-    try:
+    with atomic_path(path, durable=False) as tmp:
         writer = imageio_ffmpeg.write_frames(
             str(tmp), (w, h), fps=float(fps), codec="libx264", pix_fmt_out=pix_fmt, quality=None,
             macro_block_size=1, output_params=["-crf", str(int(crf))], ffmpeg_log_level="error")
@@ -356,9 +340,6 @@ def write_video(path: str | os.PathLike, frames: torch.Tensor | np.ndarray | Ite
         except (OSError, RuntimeError) as err:
             raise RrdpoInputError(f"{path}: ffmpeg could not write the video ({last_error_lines(str(err))}); check the "
                                   "free disk space, or write a folder of PNG frames instead") from None
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -431,12 +431,12 @@ def _(env: Env):
 
 
 # ============================================================================================
-# Library: frames and masks (pipeline.check_inputs / remove_objects, video_io, masks, prior)
+# Library: frames and masks (inputs.check_inputs / api.remove_objects, video_io, masks, prior)
 
 
 @documented("api-uint8-mask-holding-0-1-is-read-as-0-1")
 def _(env: Env):
-    from rrdpo_core.pipeline import check_inputs
+    from rrdpo_core.inputs import check_inputs
 
     mask = (box_masks() > 0).to(torch.uint8)
     holes = check_inputs(smooth_frames(), mask, multiple=None).holes
@@ -449,7 +449,7 @@ def _(env: Env):
        r"brushnet/ and unet_main/")
 def _(env: Env):
     # An empty mask returns the input before any weights are looked at; a 0/1 mask must not.
-    from rrdpo_core.pipeline import remove_objects
+    from rrdpo_core.api import remove_objects
 
     remove_objects(smooth_frames(), (box_masks() > 0).to(torch.uint8), model_dir=env.tmp / "no_model",
                    vae_path=env.tmp / "no_vae")
@@ -458,7 +458,7 @@ def _(env: Env):
 @error("api-remove-objects-fewer-masks-than-frames", RrdpoInputError, r"got 3 masks for 6 frames",
        r"one mask per frame")
 def _(env: Env):
-    from rrdpo_core.pipeline import remove_objects
+    from rrdpo_core.api import remove_objects
 
     remove_objects(smooth_frames(), box_masks()[:3], model_dir=env.tmp, vae_path=env.tmp)
 
@@ -466,14 +466,14 @@ def _(env: Env):
 @error("api-remove-objects-mask-of-another-size", RrdpoInputError, r"masks are 16x16 .* frames are 32x32",
        r"resize the masks")
 def _(env: Env):
-    from rrdpo_core.pipeline import remove_objects
+    from rrdpo_core.api import remove_objects
 
     remove_objects(smooth_frames(), box_masks()[:, :16, :16], model_dir=env.tmp, vae_path=env.tmp)
 
 
 @error("api-remove-objects-nan-frames", RrdpoInputError, r"frame\(s\) \[2\] contain NaN", r"fix or drop")
 def _(env: Env):
-    from rrdpo_core.pipeline import remove_objects
+    from rrdpo_core.api import remove_objects
 
     frames = smooth_frames()
     frames[2, 0, 0, 0] = float("nan")
@@ -482,7 +482,7 @@ def _(env: Env):
 
 @error("api-remove-objects-missing-model-files", FileNotFoundError, r"has no unet_main/ folder", r"brushnet/")
 def _(env: Env):
-    from rrdpo_core.pipeline import remove_objects
+    from rrdpo_core.api import remove_objects
 
     model = env.copy(env.shared.model_dir, "model")
     shutil.rmtree(model / "unet_main")
@@ -491,28 +491,28 @@ def _(env: Env):
 
 @error("api-frames-channels-first", RrdpoInputError, r"\(T, H, W, 3\)", r"channels go last")
 def _(env: Env):
-    from rrdpo_core.pipeline import check_inputs
+    from rrdpo_core.inputs import check_inputs
 
     check_inputs(smooth_frames().permute(0, 3, 1, 2), box_masks(), multiple=None)
 
 
 @error("api-frames-float-0-255", RrdpoInputError, r"reach 2\d\d", r"divide by 255")
 def _(env: Env):
-    from rrdpo_core.pipeline import check_inputs
+    from rrdpo_core.inputs import check_inputs
 
     check_inputs(smooth_frames() * 255, box_masks(), multiple=None)
 
 
 @error("api-frames-int64-dtype", RrdpoInputError, r"dtype int64", r"/ 255")
 def _(env: Env):
-    from rrdpo_core.pipeline import check_inputs
+    from rrdpo_core.inputs import check_inputs
 
     check_inputs((smooth_frames() * 255).long(), box_masks(), multiple=None)
 
 
 @error("api-masks-with-nan", RrdpoInputError, r"NaN", r"0/1 hole mask")
 def _(env: Env):
-    from rrdpo_core.pipeline import check_inputs
+    from rrdpo_core.inputs import check_inputs
 
     m = box_masks()
     m[0, 0, 0] = float("nan")
@@ -521,7 +521,7 @@ def _(env: Env):
 
 @error("api-empty-video", RrdpoInputError, r"empty video", r"at least one")
 def _(env: Env):
-    from rrdpo_core.pipeline import check_inputs
+    from rrdpo_core.inputs import check_inputs
 
     check_inputs(torch.zeros(0, H, W, 3), box_masks(), multiple=None)
 

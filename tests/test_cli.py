@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import types
 
 import cv2
 import numpy as np
@@ -93,9 +92,9 @@ def test_model_branch_passes_the_prior_and_returns_the_input_size(clip_on_disk, 
                      blend=blend, offload=offload)
         return prior_frames[:, :, :96]  # stands in for the model; a smaller output is resized back
 
-    fake = types.ModuleType("rrdpo_core.pipeline")
-    fake.remove_objects = remove_objects
-    monkeypatch.setitem(sys.modules, "rrdpo_core.pipeline", fake)
+    import rrdpo_core.api
+
+    monkeypatch.setattr(rrdpo_core.api, "remove_objects", remove_objects)
     code = cli.main(["remove", "--video", str(tmp / "video"), "--mask", str(tmp / "mask"), "--out", str(tmp / "o"),
                      "--model", "weights", "--vae", "vae.safetensors", "--lora", "l.safetensors",
                      "--lora-strength", "0.5", "--steps", "4", "--seed", "3", "--offload", "blocks", "--quiet"])

@@ -29,7 +29,8 @@ def handle(comfy_stubs):
 
 
 def test_sampler_and_prior_latents_pad_by_reflection_and_crop_back(handle):
-    from rrdpo_core.pipeline import DiffuEraserPipeline, check_inputs, pad_to_multiple
+    from rrdpo_core.inputs import check_inputs, pad_to_multiple
+    from rrdpo_core.pipeline import DiffuEraserPipeline
     from test_nodes_pipeline import ComfyVAECodecFor
 
     frames, mask = _clip()

@@ -7,7 +7,7 @@ import torch
 from rrdpo_core.models.testing import tiny_diffueraser
 from rrdpo_core.offload import OffloadedDenoiser, low_memory, plan_offload, remove_group_offload
 from rrdpo_core.pipeline import DiffuEraserPipeline
-from rrdpo_core.vae import make_tiny_vae
+from rrdpo_core.vae import make_tiny_vae, write_tiny_vae
 
 
 def _video(n: int, size: int = 32, seed: int = 0):
@@ -116,12 +116,12 @@ def test_plan_offload_auto_follows_free_memory(model):
 
 def test_remove_objects_offload_option_gives_the_same_frames(tmp_path):
     from rrdpo_core.models.testing import write_tiny_diffueraser
-    from rrdpo_core.pipeline import remove_objects
+    from rrdpo_core.api import remove_objects
 
     model_dir = write_tiny_diffueraser(tmp_path / "tiny")
     frames, masks = _video(6)
     text = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(1))
-    kw = dict(model_dir=model_dir, vae_path=make_tiny_vae(seed=0), prior_frames=frames.flip(0), steps=2,
+    kw = dict(model_dir=model_dir, vae_path=write_tiny_vae(tmp_path / "vae", seed=0), prior_frames=frames.flip(0), steps=2,
               scheduler="ddim", seed=4, text_embeds=text, pcm_lora=None, device="cpu")
     ref = remove_objects(frames, masks, **kw)
     low = remove_objects(frames, masks, offload="blocks", **kw)

@@ -14,8 +14,11 @@ import pytest
 import torch
 
 from rrdpo_core.errors import Cancelled, RrdpoInputError
-from rrdpo_core.pipeline import DiffuEraserPipeline, check_inputs, pad_to_multiple, remove_objects, save_text_embeds
-from rrdpo_core.vae import make_tiny_vae
+from rrdpo_core.api import remove_objects
+from rrdpo_core.inputs import check_inputs, pad_to_multiple
+from rrdpo_core.pipeline import DiffuEraserPipeline
+from rrdpo_core.text_embeddings import save_text_embeds
+from rrdpo_core.vae import make_tiny_vae, write_tiny_vae
 from rrdpo_core.windows import context_windows, keyframe_indices
 
 
@@ -67,6 +70,12 @@ def fake(vae):
 
 
 @pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory):
+    """The tiny VAE as a folder on disk: remove_objects loads its VAE from a path."""
+    return write_tiny_vae(tmp_path_factory.mktemp("vae"), seed=0)
+
+
+@pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     from rrdpo_core.models.testing import write_tiny_diffueraser
 
@@ -101,7 +110,7 @@ def test_end_to_end_shapes_and_determinism(tiny):
     assert not torch.allclose(first.latents, other.latents)
 
 
-def test_one_call_entry_point_preserves_the_context_exactly(tiny_dir, vae, tmp_path):
+def test_one_call_entry_point_preserves_the_context_exactly(tiny_dir, vae_dir, tmp_path):
     blend = pytest.importorskip("rrdpo_core.blend")
     from rrdpo_core.models import load_diffueraser
 
@@ -111,7 +120,7 @@ def test_one_call_entry_point_preserves_the_context_exactly(tiny_dir, vae, tmp_p
     embeds = save_text_embeds(tmp_path / "empty.safetensors", text)
     calls = []
     with pytest.warns(UserWarning, match="padded"):
-        out = remove_objects(frames, masks, model_dir=tiny_dir, vae_path=vae, text_embeds=embeds,
+        out = remove_objects(frames, masks, model_dir=tiny_dir, vae_path=vae_dir, text_embeds=embeds,
                              pcm_lora=None, scheduler="ddim", seed=0, device="cpu",
                              progress=lambda d, t: calls.append((d, t)))
     assert out.shape == frames.shape and torch.isfinite(out).all()
@@ -124,12 +133,12 @@ def test_one_call_entry_point_preserves_the_context_exactly(tiny_dir, vae, tmp_p
     assert calls and calls[-1][0] == calls[-1][1]
 
 
-def test_missing_weights_and_missing_text_embedding_are_clear_errors(tiny_dir, vae, tmp_path):
+def test_missing_weights_and_missing_text_embedding_are_clear_errors(tiny_dir, vae_dir, tmp_path):
     frames, masks = _video(2)
     with pytest.raises(FileNotFoundError, match="not found"):
-        remove_objects(frames, masks, model_dir=tmp_path / "nope", vae_path=vae, device="cpu")
+        remove_objects(frames, masks, model_dir=tmp_path / "nope", vae_path=vae_dir, device="cpu")
     with pytest.raises(FileNotFoundError, match="empty prompt"):
-        remove_objects(frames, masks, model_dir=tiny_dir, vae_path=vae, device="cpu", pcm_lora=None,
+        remove_objects(frames, masks, model_dir=tiny_dir, vae_path=vae_dir, device="cpu", pcm_lora=None,
                        prior_frames=frames)
     with pytest.raises(FileNotFoundError, match="VAE"):
         remove_objects(frames, masks, model_dir=tiny_dir, vae_path=tmp_path / "vae", device="cpu",
@@ -372,7 +381,7 @@ def test_padding_keeps_pixels_and_prior_is_resized():
 
 
 def test_fp32_on_cpu_whatever_is_asked():
-    from rrdpo_core.pipeline import _resolve_device_dtype
+    from rrdpo_core.api import resolve_device_dtype as _resolve_device_dtype
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

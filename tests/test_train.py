@@ -261,8 +261,8 @@ def test_trains_inside_inference_mode_like_comfyui(pairs, tmp_path):
 def test_saved_lora_drives_the_sampler(pairs, tmp_path):
     from rrdpo_core.models import load_diffueraser
     from rrdpo_core.models.testing import write_tiny_diffueraser
-    from rrdpo_core.pipeline import remove_objects
-    from rrdpo_core.vae import make_tiny_vae
+    from rrdpo_core.api import remove_objects
+    from rrdpo_core.vae import write_tiny_vae
 
     model_dir = write_tiny_diffueraser(tmp_path / "model")
     res = train_region_dpo(load_diffueraser(model_dir), None, None, pairs.root,
@@ -270,7 +270,7 @@ def test_saved_lora_drives_the_sampler(pairs, tmp_path):
     frames = clip(5, frames=4)
     masks = torch.zeros(4, 64, 64)
     masks[:, 20:44, 16:40] = 1
-    kw = dict(model_dir=model_dir, vae_path=make_tiny_vae(0), seed=0, text_embeds=pairs.text_embeds(),
+    kw = dict(model_dir=model_dir, vae_path=write_tiny_vae(tmp_path / "vae", 0), seed=0, text_embeds=pairs.text_embeds(),
               pcm_lora=None, blend=False, steps=2, prior_frames=frames)
     base = remove_objects(frames, masks, **kw)
     tuned = remove_objects(frames, masks, lora_path=res.lora_path, lora_strength=1.0, **kw)

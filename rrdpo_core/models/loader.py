@@ -25,7 +25,6 @@ import logging
 import os
 import struct
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Union
 
@@ -34,6 +33,7 @@ from accelerate import init_empty_weights
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..fsutil import atomic_path
 from .brushnet import BrushNetModel
 from .diffueraser import DiffuEraserModel
 from .unet_motion import DiffuEraserUNetMotionModel
@@ -293,11 +293,5 @@ def _resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
 
 
 def _atomic_write(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(target) as tmp:
+        write(str(tmp))

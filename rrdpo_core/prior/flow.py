@@ -38,7 +38,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..errors import Cancelled, RrdpoInputError
+from ..errors import RrdpoInputError
+from ..progress import CancelFn, Progress, ProgressFn
 from ..video_io import as_frames, as_masks, to_tensor
 from .fusion import KnownSampler, colour_offset, fuse_candidates, ring_of, spatial_fill
 from .membrane import harmonic_fill
@@ -48,8 +49,6 @@ from .sources import track_sources
 
 __all__ = ["PriorResult", "PriorSettings", "flow_propagation_prior", "harmonic_fill", "DIS_PRESETS"]
 
-ProgressFn = Callable[[int, int], None]
-CancelFn = Callable[[], bool]
 
 
 @dataclass
@@ -81,22 +80,6 @@ class PriorSettings:
     sigma: float
     tolerance: float
     ring: int
-
-
-class _Steps:
-    def __init__(self, total: int, progress: ProgressFn | None, cancel: CancelFn | None):
-        self.total, self.done = total, 0
-        self.progress, self.cancel = progress, cancel
-
-    def check(self) -> None:
-        if self.cancel is not None and self.cancel():
-            raise Cancelled("flow prior cancelled")
-
-    def step(self) -> None:
-        self.done += 1
-        if self.progress is not None:
-            self.progress(min(self.done, self.total), self.total)
-        self.check()
 
 
 def flow_propagation_prior(
@@ -178,7 +161,7 @@ def flow_propagation_prior(
         raise RrdpoInputError("masks: every pixel of every frame is hole, so nothing is known to propagate or "
                               "fill from; the mask must leave some background visible")
 
-    steps = _Steps(4 * length - 1, progress, cancel)
+    steps = Progress(4 * length - 1, progress, cancel, "flow prior cancelled")
     steps.check()
 
     if length == 1:

@@ -78,11 +78,11 @@ def load_training_inputs(cfg: TrainConfig, dataset):
         apply_kohya_lora(model.unet, Path(cfg.pcm_lora), adapter_name="pcm")
     text = None
     if cfg.text_embeds:
-        from ..pipeline import load_text_embeds
+        from ..text_embeddings import load_text_embeds
 
         text = load_text_embeds(cfg.text_embeds)
     elif dataset.text_embeds() is None:
-        from ..pipeline import resolve_text_embeds
+        from ..text_embeddings import resolve_text_embeds
 
         text = resolve_text_embeds(None, None, cfg.model_dir)
     vae = None

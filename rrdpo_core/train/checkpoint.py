@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import RrdpoInputError
-from .atomic import TMP_MARK, fsync_dir, is_temp_name
+from ..fsutil import atomic_dir, is_temp_name
 
 __all__ = [
     "CHECKPOINTS_DIR",
@@ -154,12 +154,9 @@ def write_checkpoint(
 ) -> Path:
     """Write a checkpoint folder atomically and return its path (call on the main process only)."""
     final = checkpoint_path(out_dir, step)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}{TMP_MARK}{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    # The same step may be written again (a resumed run that ends where it started): atomic_dir
+    # replaces the old folder.
+    with atomic_dir(final) as tmp:
         write_lora(tmp / "lora.safetensors")
         torch.save(optimizer, tmp / "optimizer.pt")
         torch.save(scheduler, tmp / "scheduler.pt")
@@ -167,17 +164,6 @@ def write_checkpoint(
         torch.save(rng, tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps({**state, "step": int(step)}, indent=2, sort_keys=True) + "\n",
                                         encoding="utf-8")
-        for f in tmp.iterdir():
-            with open(f, "rb+") as fh:
-                os.fsync(fh.fileno())
-        fsync_dir(tmp)
-        if final.exists():  # the same step written again (e.g. a resumed run that ends where it started)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        fsync_dir(final.parent)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

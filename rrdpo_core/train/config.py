@@ -199,7 +199,7 @@ class TrainConfig:
         return d
 
     def to_json(self, path: str | os.PathLike) -> Path:
-        from .atomic import atomic_write_text
+        from ..fsutil import atomic_write_text
 
         return atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 

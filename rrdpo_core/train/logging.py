@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from .atomic import atomic_write_text
+from ..fsutil import atomic_write_text
 
 __all__ = ["JsonlLog", "read_log"]
 

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .atomic import atomic_write_bytes
+from ..fsutil import atomic_write_bytes
 
 __all__ = ["render_plots", "PLOT_NAMES"]
 

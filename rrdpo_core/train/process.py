@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..errors import Cancelled
+from ..fsutil import atomic_write_text
 from .config import TrainConfig
 
 __all__ = ["MARK", "TrainingProcessError", "run_training_in_process"]
@@ -96,9 +97,7 @@ def run_training_in_process(
     job = out / f".train_job.{os.getpid()}.json"
     flag = out / f".train_cancel.{os.getpid()}"
     flag.unlink(missing_ok=True)
-    tmp = job.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"config": cfg.to_dict(), "cancel_flag": str(flag)}), encoding="utf-8")
-    os.replace(tmp, job)
+    atomic_write_text(job, json.dumps({"config": cfg.to_dict(), "cancel_flag": str(flag)}))
     log_path = out / STDERR_LOG
     child_env = dict(os.environ if env is None else env)
     child_env["PYTHONPATH"] = os.pathsep.join([str(_PACKAGE_ROOT)] + [p for p in child_env.get("PYTHONPATH", "")

@@ -25,7 +25,6 @@ identical weights (the model is not wrapped in DDP: only the small LoRA gradient
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import time
@@ -40,8 +39,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import Cancelled
+from ..progress import CancelFn, ProgressFn
 from ..loss import region_reg_dpo_loss, zone_errors
-from ..pairs import LATENT_KEYS, PairDataset, encode_frames, known_mask_latent, masked_image
+from ..conditioning import condition_channels, encode_frames, known_mask_latent, masked_image
+from ..pairs import LATENT_KEYS, PairDataset
+from ..rng import derive_seed
 from ..region_lora import (
     ADAPTER_NAME,
     RegionLoraInfo,
@@ -74,8 +76,6 @@ __all__ = ["TrainResult", "NonFiniteLossError", "train_region_dpo", "run_trainin
 
 LOG_NAME = "train_log.jsonl"
 PLOTS_DIR = "plots"
-ProgressFn = Callable[[int, int], None]
-CancelFn = Callable[[], bool]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -102,11 +102,6 @@ def sd15_alphas_cumprod() -> torch.Tensor:
 
     sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
     return sched.alphas_cumprod.float().clone()
-
-
-def _derive_seed(*parts: Any) -> int:
-    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,7 +206,7 @@ class _Batcher:
 
     def _perm(self, epoch: int) -> list[int]:
         if epoch not in self._perms:
-            g = torch.Generator().manual_seed(_derive_seed(self.cfg.seed, "epoch", epoch))
+            g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "epoch", epoch))
             self._perms = {epoch: torch.randperm(len(self.ds), generator=g).tolist()}
         return self._perms[epoch]
 
@@ -228,7 +223,7 @@ class _Batcher:
         idx = self.indices(global_micro)
         ws, ls, ms, holes, ts, noises = [], [], [], [], [], []
         for pos, i in zip(self.positions(global_micro), idx):
-            gen = torch.Generator().manual_seed(_derive_seed(self.cfg.seed, "pair", pos))
+            gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "pair", pos))
             keys = (*LATENT_KEYS, "mask") if self.latents else ("winner", "loser", "mask")
             d = self.ds.load(i, keys)
             t_all = int(d["mask"].shape[0])
@@ -338,7 +333,7 @@ class PairStep:
         h, w = batch.winner.shape[-2:]
         t, noise = batch.timesteps, batch.noise
         ab = self.alphas_cumprod[t].view(b, 1, 1, 1, 1)
-        cond = torch.cat([batch.masked.to(dev), batch.known.to(dev)], dim=2).reshape(b * f, -1, h, w)  # (B*F, 5, h, w)
+        cond = condition_channels(batch.masked.to(dev), batch.known).reshape(b * f, -1, h, w)  # (B*F, 5, h, w)
         x_w = (ab.sqrt() * batch.winner + (1 - ab).sqrt() * noise).reshape(b * f, 4, h, w).to(dev)
         ts = t.to(dev)
         target = noise.to(dev)
@@ -476,7 +471,7 @@ class _Trainer:
         self.targets = add_region_adapter(unet, rank=cfg.rank, lora_alpha=cfg.lora_alpha, temporal=cfg.temporal,
                                           adapter_name=ADAPTER_NAME, trainable=True)
         self._restore.append(lambda: remove_region_lora(unet, ADAPTER_NAME))
-        gen = torch.Generator().manual_seed(_derive_seed(cfg.seed, "lora-init"))
+        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "lora-init"))
         with torch.no_grad():
             for name, p in unet.named_parameters():
                 if f".lora_A.{ADAPTER_NAME}." in name:

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...errors import Cancelled, RrdpoInputError
+from ...errors import RrdpoInputError
+from ...progress import CancelFn, Progress, ProgressFn
 from ...video_io import as_frames, as_masks
 from ..flow import PriorResult
 from .checkpoints import ProPainterModels
@@ -51,8 +51,6 @@ DIFFUERASER_SETTINGS: dict = {
     "resize_ratio": 0.6, "max_side": 960, "pre_propagation": True,
 }
 
-ProgressFn = Callable[[int, int], None]
-CancelFn = Callable[[], bool]
 
 MIN_SIDE = 64          # smallest working size RAFT's correlation pyramid supports
 _FLOW_CONTEXT = 5      # flows of context around each flow-completion sub-video
@@ -123,23 +121,6 @@ def _raft_ranges(length: int, chunk: int) -> list[tuple[int, int]]:
     return [(max(0, f - 1), min(length, f + chunk)) for f in range(0, length, chunk)]
 
 
-class _Steps:
-    """Progress reporting and cancellation at chunk granularity."""
-
-    def __init__(self, total: int, progress: ProgressFn | None, cancel: CancelFn | None) -> None:
-        self.total, self.done = max(1, total), 0
-        self.progress, self.cancel = progress, cancel
-
-    def check(self) -> None:
-        if self.cancel is not None and self.cancel():
-            raise Cancelled("ProPainter prior cancelled")
-
-    def step(self) -> None:
-        self.done += 1
-        if self.progress is not None:
-            self.progress(min(self.done, self.total), self.total)
-
-
 @dataclass
 class _Context:
     models: ProPainterModels
@@ -149,7 +130,7 @@ class _Context:
     raft_iter: int
     raft_chunk: int
     subvideo_length: int
-    steps: _Steps
+    steps: Progress
 
     def to_device(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         return x.to(self.device, dtype or self.dtype, non_blocking=True)
@@ -166,7 +147,7 @@ def _flows(ctx: _Context, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
         f, b = ctx.models.raft.bidirectional(ctx.to_device(frames[s:e], torch.float32), ctx.raft_iter)
         fwd.append(ctx.to_storage(f))
         bwd.append(ctx.to_storage(b))
-        ctx.steps.step()
+        ctx.steps.advance()
     return torch.cat(fwd), torch.cat(bwd)
 
 
@@ -179,7 +160,7 @@ def _complete(ctx: _Context, fwd: torch.Tensor, bwd: torch.Tensor, masks: torch.
             ctx.to_device(fwd[s:e])[None], ctx.to_device(bwd[s:e])[None], ctx.to_device(masks[s:e + 1])[None])
         out_f.append(ctx.to_storage(f[0, k0:k1]))
         out_b.append(ctx.to_storage(b[0, k0:k1]))
-        ctx.steps.step()
+        ctx.steps.advance()
     return torch.cat(out_f), torch.cat(out_b)
 
 
@@ -197,7 +178,7 @@ def _propagate(ctx: _Context, frames: torch.Tensor, masks: torch.Tensor, fwd: to
         filled = x * (1 - m) + prop[0] * m
         out_frames.append(ctx.to_storage(filled[k0:k1]))
         out_masks.append(ctx.to_storage(still[0, k0:k1]))
-        ctx.steps.step()
+        ctx.steps.advance()
     return torch.cat(out_frames), torch.cat(out_masks)
 
 
@@ -307,7 +288,7 @@ def propainter_prior(
     total = _count_steps(length, chunk, subvideo_length) + len(windows)
     if len(sampled) >= 2:
         total += _count_steps(len(sampled), chunk, subvideo_length)
-    steps = _Steps(total, progress, cancel)
+    steps = Progress(max(1, total), progress, cancel, "ProPainter prior cancelled")
     ctx = _Context(models, device, dtype, storage, int(raft_iter), chunk, int(subvideo_length), steps)
 
     # no_grad rather than inference_mode: callers may feed the prior into autograd code later.
@@ -345,7 +326,7 @@ def propainter_prior(
             for j, i in enumerate(nbr):
                 result[i] = 0.5 * result[i] + 0.5 * comp[j] if written[i] else comp[j]
                 written[i] = True
-            steps.step()
+            steps.advance()
 
         unknown = unknown.to(storage, torch.float32)
         if resized:
