@@ -196,7 +196,7 @@ def main() -> None:
 def spatial_table(clips, tasks) -> None:
     """Why the never-seen pixels get the membrane: single-frame fills of the same holes, no propagation."""
     from rrdpo_core.prior.fusion import _SPATIAL_SMOOTHING
-    from rrdpo_core.prior.membrane import harmonic_fill
+    from rrdpo_core.membrane import harmonic_fill
 
     print("\nspatial fill alone (each frame filled from itself only): hole PSNR, Telea vs membrane")
     print(f"{'clip':<22}{'task':<13}{'Telea':>8}{'membrane':>10}{'gain':>7}")

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from .errors import Cancelled, RrdpoInputError
-from .prior.flow import harmonic_fill
+from .membrane import harmonic_fill
 from .video_io import as_frames, as_masks, resize_frames, to_tensor
 
 __all__ = ["BLEND_MODES", "blend_into_video", "gaussian_feather_alpha", "adaptive_feather_alpha",

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from rrdpo_core.errors import Cancelled, RrdpoInputError
-from rrdpo_core.prior import PriorResult, flow_propagation_prior, harmonic_fill
+from rrdpo_core.membrane import harmonic_fill
+from rrdpo_core.prior import PriorResult, flow_propagation_prior
 from rrdpo_core.synthetic import make_synthetic_clip
 
 

@@ -25,7 +25,7 @@ from collections import OrderedDict
 import cv2
 import numpy as np
 
-from .membrane import harmonic_fill
+from ..membrane import harmonic_fill
 from .motion import FlowField, bilinear
 
 __all__ = ["KnownSampler", "fuse_candidates", "colour_offset", "spatial_fill", "ring_of"]

@@ -19,7 +19,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from .membrane import harmonic_fill
+from ..membrane import harmonic_fill
 
 __all__ = ["DIS_PRESETS", "FlowField", "completed_flows", "consistent", "bilinear", "working_size", "motion_check_stack",
            "MOTION_SIGMA_PX", "MOTION_SIGMA_REL",

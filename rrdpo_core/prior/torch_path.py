@@ -1,6 +1,6 @@
 """The flow prior's tracking, fusion, colour matching and spatial fill in torch (kornia), for GPUs.
 
-The same algorithm as the NumPy/OpenCV path (:mod:`.sources`, :mod:`.fusion`, :mod:`.membrane`),
+The same algorithm as the NumPy/OpenCV path (:mod:`.sources`, :mod:`.fusion`, :mod:`rrdpo_core.membrane`),
 step for step: warping with ``kornia.geometry.transform.remap``, the ring around each hole with
 ``kornia.morphology.dilation``, resampling with ``torch.nn.functional``. The flow itself (OpenCV DIS and its
 completion, :mod:`.motion`) is computed on the CPU and handed in. Results agree with the NumPy path
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .fusion import _TIE_BREAK, OFFSET_SCALE, RING_OUTLIER, offset_box
-from .membrane import membrane_window
+from ..membrane import membrane_window
 from .motion import (CONSISTENCY_ALPHA, CONSISTENCY_BETA, MOTION_MIN_AGREEMENT, MOTION_SIGMA_PX, MOTION_SIGMA_REL,
                      FlowField, exposure_curve, motion_check_stack)
 from .preview import SOURCE_COPIED, SOURCE_FUSED, SOURCE_KNOWN, SOURCE_SPATIAL

@@ -42,7 +42,7 @@ from ..errors import Cancelled
 from ..progress import CancelFn, ProgressFn
 from ..loss import region_reg_dpo_loss, zone_errors
 from ..conditioning import condition_channels, encode_frames, known_mask_latent, masked_image
-from ..pairs import LATENT_KEYS, PairDataset
+from ..pairs.format import LATENT_KEYS, PairDataset
 from ..rng import derive_seed
 from ..region_lora import (
     ADAPTER_NAME,

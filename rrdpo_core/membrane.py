@@ -1,6 +1,7 @@
 """Smooth membrane fill: the harmonic interpolation of known values into unknown ones.
 
-Used to hide a hole from the optical flow, to fill flow where no motion can be measured, to carry
+A base module (NumPy/OpenCV only), so both the flow prior and the blender use it without one
+depending on the other. Used to hide a hole from the optical flow, to fill flow where no motion can be measured, to carry
 the colour mismatch at a hole's border into the hole (colour matching) and as the spatial fill of
 never-seen pixels.
 """
