@@ -7,7 +7,7 @@ rank on the same spatial-attention projections, AdamW, the same precision):
     dpo_copy        Diffusion-DPO as the official recipe runs it: the reference is a separate
                     frozen copy of the UNet (BrushNet is frozen and shared)
     dpo_adapter     Diffusion-DPO with the reference = the same UNet with the LoRA switched off
-    region_reg_dpo  this project's trainer step (rrdpo_core.train.trainer.PairStep): adapter-off
+    region_reg_dpo  this project's trainer step (rrdpo_core.train.pair_step.PairStep): adapter-off
                     reference, three latent zones built from the pixel masks every step,
                     region-weighted DPO + SFT anchor, winner and loser in one batch
     region_reg_dpo_seq  the same with pair_passes="sequential" (winner, then loser, through the
@@ -56,7 +56,8 @@ from rrdpo_core.region_lora import (  # noqa: E402
     trainable_lora_parameters,
 )
 from rrdpo_core.train.config import TrainConfig  # noqa: E402
-from rrdpo_core.train.trainer import PairStep, make_pair_batch, sd15_alphas_cumprod  # noqa: E402
+from rrdpo_core.train.batching import make_pair_batch  # noqa: E402
+from rrdpo_core.train.pair_step import PairStep, sd15_alphas_cumprod  # noqa: E402
 
 MODES = ("sft", "dpo_copy", "dpo_adapter", "region_reg_dpo", "region_reg_dpo_seq")
 

@@ -11,7 +11,8 @@ from rrdpo_core.conditioning import encode_condition, known_mask_latent, masked_
 from rrdpo_core.pairs import LOSER_KINDS, LoserGenerator, PairDataset, build_preference_pairs
 from rrdpo_core.pipeline import DiffuEraserPipeline
 from rrdpo_core.train.config import TrainConfig
-from rrdpo_core.train.trainer import PairStep, _Batcher
+from rrdpo_core.train.batching import Batcher
+from rrdpo_core.train.pair_step import PairStep
 from rrdpo_core.vae import make_tiny_vae
 
 
@@ -52,7 +53,7 @@ def test_training_condition_equals_sampling_condition_bitwise(tmp_path, codec, s
     ds = PairDataset(tmp_path / "pairs")
     assert ds.has_latents == store_latents
     cfg = TrainConfig(objective="sft", num_frames=4, batch_size=2, device="cpu", plots=False)
-    batch = _Batcher(ds, cfg, 0, 1, codec, max_frames=22).batch(0)
+    batch = Batcher(ds, cfg, 0, 1, codec, max_frames=22).batch(0)
     model = _RecordingModel()
     PairStep(model, cfg, torch.device("cpu"), None, torch.zeros(1, 77, 32)).forward(batch)
     (trained,) = model.conds

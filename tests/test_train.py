@@ -366,7 +366,7 @@ def test_config_is_checked_and_read_from_json(tmp_path):
 
 def test_batch_zones_are_the_latent_zones_of_the_masks():
     from rrdpo_core.masks import random_mask_sequence
-    from rrdpo_core.train.trainer import make_pair_batch
+    from rrdpo_core.train.batching import make_pair_batch
     from rrdpo_core.zones import decompose_zones
 
     holes = torch.stack([random_mask_sequence(3, 64, 80, seed=s) for s in (1, 2)])

@@ -65,10 +65,10 @@ def load_training_inputs(cfg: TrainConfig, dataset):
     pairs store their own embedding, ``vae`` None when they store latents.
     """
     from ..models import load_diffueraser
-    from .trainer import _Dist
+    from .dist import Dist
 
     # The process group and device come first: each process loads the model onto its own device.
-    dist = _Dist(torch.device(cfg.device) if cfg.device else None, cfg.device == "cpu")
+    dist = Dist(torch.device(cfg.device) if cfg.device else None, cfg.device == "cpu")
     device = dist.device
     dtype = _model_dtype(cfg, device)
     model = load_diffueraser(cfg.model_dir, dtype=dtype, device=device)

@@ -22,6 +22,10 @@ a resumed run continues bit-exactly.
 Data parallel: under ``accelerate launch`` (``WORLD_SIZE > 1``) every process takes its own
 pairs; LoRA gradients are averaged across processes before clipping, so all processes keep
 identical weights (the model is not wrapped in DDP: only the small LoRA gradients are reduced).
+
+This module holds the loop (set-up, resume, steps, checkpoints, cancel); the pieces live in
+:mod:`.dist` (processes), :mod:`.batching` (pairs -> batches), :mod:`.pair_step` (one micro-batch's
+passes and loss), :mod:`.checkpoint`, :mod:`.logging` and :mod:`.plots`.
 """
 from __future__ import annotations
 
@@ -29,25 +33,19 @@ import math
 import os
 import time
 import warnings
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..errors import Cancelled
+from ..pairs.format import PairDataset
 from ..progress import CancelFn, ProgressFn
-from ..loss import region_reg_dpo_loss, zone_errors
-from ..conditioning import condition_channels, encode_frames, known_mask_latent, masked_image
-from ..pairs.format import LATENT_KEYS, PairDataset
-from ..rng import derive_seed
 from ..region_lora import (
     ADAPTER_NAME,
     RegionLoraInfo,
-    adapter_disabled,
     add_region_adapter,
     base_fingerprint,
     load_region_adapter_weights,
@@ -56,7 +54,8 @@ from ..region_lora import (
     save_region_lora,
     trainable_lora_parameters,
 )
-from ..zones import LATENT_FACTOR, ZONE_NAMES, decompose_zones
+from ..rng import derive_seed
+from .batching import Batcher, PairBatch
 from .checkpoint import (
     capture_rng_state,
     latest_checkpoint,
@@ -68,11 +67,12 @@ from .checkpoint import (
     write_checkpoint,
 )
 from .config import TrainConfig
+from .dist import Dist
 from .logging import JsonlLog
+from .pair_step import PairStep
 from .plots import render_plots
 
-__all__ = ["TrainResult", "NonFiniteLossError", "train_region_dpo", "run_training", "sd15_alphas_cumprod",
-           "PairBatch", "PairStep", "make_pair_batch"]
+__all__ = ["TrainResult", "NonFiniteLossError", "train_region_dpo", "run_training"]
 
 LOG_NAME = "train_log.jsonl"
 PLOTS_DIR = "plots"
@@ -94,305 +94,6 @@ class TrainResult:
     checkpoint: Path | None
     out_dir: Path
     resumed_from: int = 0
-
-
-def sd15_alphas_cumprod() -> torch.Tensor:
-    """ᾱ_t of the SD1.5 DDPM training schedule (scaled_linear 0.00085..0.012, 1000 steps), float32."""
-    from diffusers import DDPMScheduler
-
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-    return sched.alphas_cumprod.float().clone()
-
-
-# --------------------------------------------------------------------------------------------
-# Processes
-
-
-class _Dist:
-    """Rank, world size and collectives; a single process needs no process group at all."""
-
-    def __init__(self, device: torch.device | None, want_cpu: bool):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        if self.world > 1:
-            from accelerate import PartialState
-
-            self.state = PartialState(cpu=want_cpu)
-            self.rank, self.world = self.state.process_index, self.state.num_processes
-            self.device = self.state.device
-        else:
-            self.state = None
-            self.rank = 0
-            if device is None:
-                device = torch.device("cpu" if want_cpu or not torch.cuda.is_available() else "cuda")
-            self.device = device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.state is not None:
-            self.state.wait_for_everyone()
-
-    def mean_(self, t: torch.Tensor) -> torch.Tensor:
-        if self.state is not None:
-            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
-            t /= self.world
-        return t
-
-    def any(self, flag: bool) -> bool:
-        if self.state is None:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-        return bool(t.item() > 0)
-
-    def gather(self, obj: Any) -> list[Any]:
-        if self.state is None:
-            return [obj]
-        from accelerate.utils import gather_object
-
-        return gather_object([obj])
-
-
-# --------------------------------------------------------------------------------------------
-# Batches
-
-
-@dataclass
-class PairBatch:
-    winner: torch.Tensor  # (B, F, 4, h, w) clean latents
-    loser: torch.Tensor
-    masked: torch.Tensor  # (B, F, 4, h, w) masked-GT latents
-    known: torch.Tensor  # (B, F, 1, h, w) 1 = known
-    zones: list[torch.Tensor]  # 3 x (B, F, 1, h, w)
-    timesteps: torch.Tensor  # (B,) one per clip, shared by winner and loser
-    noise: torch.Tensor  # (B, F, 4, h, w) shared by winner and loser
-    indices: list[int]
-
-
-class _Batcher:
-    """Which pairs each micro-batch of each process sees, and their tensors.
-
-    Micro-batch ``g`` of the whole run covers the global positions ``[g*W*B, (g+1)*W*B)`` of an
-    endless sequence of epoch permutations (``W`` processes of ``B`` pairs); process ``r`` takes
-    ``B`` consecutive positions. Everything random about one pair (frame crop, timestep, noise)
-    comes from a generator seeded by ``(seed, position)``, so the run does not depend on how the
-    global batch is split into processes, and resuming draws exactly what it would have drawn.
-    """
-
-    def __init__(self, dataset: PairDataset, cfg: TrainConfig, rank: int, world: int, vae: Any, max_frames: int,
-                 device: torch.device | None = None):
-        self.device = device
-        if len(dataset) == 0:
-            raise ValueError(f"{dataset.root} holds no preference pairs; build some with rrdpo_core.pairs")
-        self.ds, self.cfg, self.rank, self.world, self.vae = dataset, cfg, rank, world, vae
-        self.latents = dataset.has_latents
-        if not self.latents and vae is None:
-            raise ValueError(
-                f"{dataset.root} stores no latents, so training needs the VAE to encode the frames: pass vae= "
-                f"(or set vae_path in the config), or rebuild the pairs with store_latents=True"
-            )
-        clip_frames = min(e.num_frames for e in dataset.entries)
-        self.frames = cfg.num_frames or clip_frames
-        if self.frames > clip_frames:
-            raise ValueError(f"num_frames={cfg.num_frames} but the shortest stored clip has {clip_frames} frames")
-        if self.frames > max_frames:
-            raise ValueError(
-                f"clips of {self.frames} frames exceed the motion modules' {max_frames} positions; set num_frames "
-                f"to at most {max_frames} (DiffuEraser trains on 22)"
-            )
-        self._perms: dict[int, list[int]] = {}
-
-    def _perm(self, epoch: int) -> list[int]:
-        if epoch not in self._perms:
-            g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "epoch", epoch))
-            self._perms = {epoch: torch.randperm(len(self.ds), generator=g).tolist()}
-        return self._perms[epoch]
-
-    def positions(self, global_micro: int) -> list[int]:
-        b = self.cfg.batch_size
-        first = (global_micro * self.world + self.rank) * b
-        return list(range(first, first + b))
-
-    def indices(self, global_micro: int) -> list[int]:
-        return [self._perm(pos // len(self.ds))[pos % len(self.ds)] for pos in self.positions(global_micro)]
-
-    def batch(self, global_micro: int) -> PairBatch:
-        lo, hi = self.cfg.timestep_range
-        idx = self.indices(global_micro)
-        ws, ls, ms, holes, ts, noises = [], [], [], [], [], []
-        for pos, i in zip(self.positions(global_micro), idx):
-            gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "pair", pos))
-            keys = (*LATENT_KEYS, "mask") if self.latents else ("winner", "loser", "mask")
-            d = self.ds.load(i, keys)
-            t_all = int(d["mask"].shape[0])
-            s = int(torch.randint(0, t_all - self.frames + 1, (1,), generator=gen))
-            sl = slice(s, s + self.frames)
-            hole = d["mask"][sl].float()
-            if self.latents:
-                w, l, m = (d[k][sl].float() for k in LATENT_KEYS)
-            else:
-                w01, l01 = d["winner"][sl].float() / 255.0, d["loser"][sl].float() / 255.0
-                w, l, m = (encode_frames(self.vae, x, gen) for x in (w01, l01, masked_image(w01, hole)))
-            ws.append(w), ls.append(l), ms.append(m), holes.append(hole)
-            ts.append(torch.randint(lo, hi + 1, (1,), generator=gen))
-            noises.append(torch.randn(w.shape, generator=gen))
-        return make_pair_batch(torch.stack(ws), torch.stack(ls), torch.stack(ms), torch.stack(holes),
-                               torch.cat(ts), torch.stack(noises), self.cfg.band_px, idx, self.device)
-
-
-def make_pair_batch(winner: torch.Tensor, loser: torch.Tensor, masked: torch.Tensor, holes: torch.Tensor,
-                    timesteps: torch.Tensor, noise: torch.Tensor, band_px: int,
-                    indices: list[int] | None = None, device: torch.device | str | None = None) -> PairBatch:
-    """A :class:`PairBatch` from clean latents ``(B, F, 4, h, w)`` and pixel hole masks ``(B, F, H, W)``.
-
-    Builds BrushNet's known-mask channel and the three zones at latent resolution (METHOD §1).
-    The full-resolution part (the 8x8 max-pool) runs on ``device`` when given (a GPU does it in
-    no time; on the CPU it is most of the per-step cost of the zones); the band dilation then
-    runs on the small latent mask, which gives exactly ``decompose_zones(holes, band_px,
-    latent=True)``.
-    """
-    h, w = winner.shape[-2:]
-    holes = holes.to(device) if device is not None else holes
-    pixel = (holes > 0.5).to(torch.float32)
-    lead = pixel.shape[:-2]
-    flat = pixel.reshape(-1, 1, *pixel.shape[-2:])
-    hole_lat = F.max_pool2d(flat, LATENT_FACTOR, LATENT_FACTOR, ceil_mode=True)
-    hole_lat = hole_lat.reshape(*lead, *hole_lat.shape[-2:])
-    if tuple(hole_lat.shape[-2:]) != (h, w):
-        raise ValueError(
-            f"latents are {h}x{w} but the {tuple(holes.shape[-2:])} masks give {tuple(hole_lat.shape[-2:])} "
-            f"latent zones; the pairs' frames must be 8x their latents"
-        )
-    band_lat = max(1, round(band_px / LATENT_FACTOR)) if band_px > 0 else 0  # METHOD §1: k_lat
-    zones = decompose_zones(hole_lat, band_px=band_lat, latent=False)
-    return PairBatch(
-        winner=winner, loser=loser, masked=masked, known=known_mask_latent(pixel, (h, w)),
-        zones=[z.unsqueeze(2) for z in zones], timesteps=timesteps, noise=noise,
-        indices=list(indices) if indices is not None else [],
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# The SFT-only objective (no reference pass)
-
-
-@dataclass
-class _SFTOutput:
-    loss: torch.Tensor
-    win_err: torch.Tensor  # (K,)
-
-    def scalars(self) -> dict[str, float]:
-        out = {"loss": float(self.loss.detach()), "sft": float(self.loss.detach())}
-        for k, name in enumerate(ZONE_NAMES):
-            out[f"e_{name}_model"] = float(self.win_err[k])
-        return out
-
-
-def _sft_loss(pred: torch.Tensor, target: torch.Tensor, zones: list[torch.Tensor], rho: tuple[float, ...]) -> _SFTOutput:
-    ew = zone_errors(target, pred, zones)  # (B, K), the same reduction as the DPO loss
-    r = torch.tensor(rho, dtype=ew.dtype, device=ew.device)
-    return _SFTOutput(loss=(ew * r).sum(1).mean(), win_err=ew.detach().mean(0))
-
-
-class PairStep:
-    """One micro-batch of preference pairs through the model: noising, the reference pass (adapter
-    off), the policy pass, the loss (:func:`rrdpo_core.loss.region_reg_dpo_loss`) and its backward.
-
-    Used by the trainer and by ``bench/bench_train_step.py``. ``any_rank`` turns a local
-    "prediction not finite" flag into an all-process one (so every process stops together).
-    """
-
-    def __init__(self, model: nn.Module, cfg: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None,
-                 text: torch.Tensor, scaler: torch.amp.GradScaler | None = None,
-                 any_rank: Callable[[bool], bool] = bool):
-        self.model, self.cfg, self.device, self.amp_dtype = model, cfg, device, amp_dtype
-        self.text = text.to(device)
-        self.scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
-        self.any_rank = any_rank
-        self.alphas_cumprod = sd15_alphas_cumprod()
-        self.dpo = cfg.objective == "region_reg_dpo"
-        self.sequential = cfg.pair_passes == "sequential"
-
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
-
-    def forward(self, batch: PairBatch) -> tuple[Any, torch.Tensor, dict[str, Any]]:
-        """Reference and policy predictions and the loss of one micro-batch (no backward yet).
-
-        Returns ``(output or None if a prediction is not finite, timesteps, context for backward)``.
-        With ``pair_passes="sequential"`` the loser's policy prediction here is taken without
-        gradients; :meth:`backward` runs it again with them after the winner's backward, so only
-        one member of the pair holds activations at a time.
-        """
-        cfg, dev = self.cfg, self.device
-        b, f = batch.winner.shape[:2]
-        h, w = batch.winner.shape[-2:]
-        t, noise = batch.timesteps, batch.noise
-        ab = self.alphas_cumprod[t].view(b, 1, 1, 1, 1)
-        cond = condition_channels(batch.masked.to(dev), batch.known).reshape(b * f, -1, h, w)  # (B*F, 5, h, w)
-        x_w = (ab.sqrt() * batch.winner + (1 - ab).sqrt() * noise).reshape(b * f, 4, h, w).to(dev)
-        ts = t.to(dev)
-        target = noise.to(dev)
-        zones = [z.to(dev) for z in batch.zones]
-        text, scale = self.text, cfg.brushnet_scale
-
-        def predict(x: torch.Tensor, c: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
-            return self.model.predict_eps(x, tt, text, c, f, brushnet_scale=scale)
-
-        ctx: dict[str, Any] = {}
-        ref = None
-        with self._autocast():
-            if not self.dpo:
-                pred = predict(x_w, cond, ts)[None]
-            else:
-                x_l = (ab.sqrt() * batch.loser + (1 - ab).sqrt() * noise).reshape(b * f, 4, h, w).to(dev)
-                both, cond2, ts2 = torch.cat([x_w, x_l]), torch.cat([cond, cond]), torch.cat([ts, ts])
-                if self.sequential:
-                    with torch.no_grad(), adapter_disabled(self.model.unet, ADAPTER_NAME):
-                        ref = torch.stack([predict(x_w, cond, ts), predict(x_l, cond, ts)])
-                    with torch.no_grad():
-                        pred_l = predict(x_l, cond, ts)
-                    pred = torch.stack([predict(x_w, cond, ts), pred_l])
-                    ctx.update(x_l=x_l, cond=cond, ts=ts, predict=predict)
-                else:
-                    with torch.no_grad(), adapter_disabled(self.model.unet, ADAPTER_NAME):
-                        ref = predict(both, cond2, ts2)
-                    pred = predict(both, cond2, ts2)
-        k = 2 if self.dpo else 1
-        pred = pred.float().reshape(k, b, f, 4, h, w)
-        bad = not bool(torch.isfinite(pred.detach()).all())
-        if ref is not None:
-            ref = ref.float().reshape(k, b, f, 4, h, w)
-            bad = bad or not bool(torch.isfinite(ref).all())
-        if self.any_rank(bad):
-            return None, t, ctx
-        if self.dpo:
-            out = region_reg_dpo_loss(pred[0], pred[1], ref[0], ref[1], target, target, zones,
-                                      alpha=cfg.alpha, rho=cfg.rho, beta=cfg.beta, rho_mode=cfg.rho_mode)
-        else:
-            out = _sft_loss(pred[0], target, zones, cfg.rho)
-        ctx.update(target=target, zones=zones, shape=(b, f, 4, h, w))
-        return out, t, ctx
-
-    def backward(self, out: Any, ctx: dict[str, Any], weight: float) -> None:
-        """Gradients of ``weight * out.loss`` into the LoRA parameters."""
-        self.scaler.scale(out.loss * weight).backward()
-        if not (self.dpo and self.sequential):
-            return
-        # out.loss saw the loser's prediction as a constant, so the pass above gave the winner's
-        # share of the gradient. The loser's share: dL/dpred_l = -DGR * d(sum_r alpha_r e_r)/dpred_l
-        # per pair (DGR detached, as softplus'(beta s) * beta is).
-        with self._autocast():
-            pred_l = ctx["predict"](ctx["x_l"], ctx["cond"], ctx["ts"])
-        pred_l = pred_l.float().reshape(ctx["shape"])
-        alpha = torch.tensor(self.cfg.alpha, dtype=torch.float32, device=pred_l.device)
-        e_l = zone_errors(ctx["target"], pred_l, ctx["zones"])  # (B, K)
-        surrogate = -(out.dgr.to(e_l.dtype) * (e_l * alpha).sum(1)).mean()
-        self.scaler.scale(surrogate * weight).backward()
 
 
 # --------------------------------------------------------------------------------------------
@@ -445,7 +146,7 @@ class _Trainer:
         device = torch.device(cfg.device) if cfg.device else None
         if device is None and getattr(model, "device", None) is not None and torch.device(model.device).type != "cpu":
             device = torch.device(model.device)  # a single process trains where the caller put the model
-        self.dist = _Dist(device, want_cpu)
+        self.dist = Dist(device, want_cpu)
         self.device = self.dist.device
         self.amp_dtype = _resolve_precision(cfg, model.dtype, self.device)
         self.text = text_embeds.detach().clone().to(self.device)
@@ -486,7 +187,7 @@ class _Trainer:
             unet.enable_gradient_checkpointing()
             if not was:
                 self._restore.append(unet.disable_gradient_checkpointing)
-        self.batcher = _Batcher(self.ds, cfg, self.dist.rank, self.dist.world, self.vae,
+        self.batcher = Batcher(self.ds, cfg, self.dist.rank, self.dist.world, self.vae,
                                 int(getattr(model, "max_frames", 32)), self.device)
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, betas=cfg.adam_betas,
                                            eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
