@@ -116,9 +116,8 @@ def _demo(args: argparse.Namespace, progress: ProgressBars) -> int:
     from .metrics import evaluate_inpainting
     from .prior import flow_propagation_prior
     from .synthetic import make_synthetic_clip
-    from .video_io import stack_side_by_side, write_image, write_video
-
-    from .validate import check_memory, check_writable_output
+    from .video_io import check_writable_output, stack_side_by_side, write_image, write_video
+    from .validate import check_memory
 
     width, height = args.size
     # Before any work: the output folder must be writable and the clip must fit in memory.
@@ -186,9 +185,9 @@ def _remove(args: argparse.Namespace, progress: ProgressBars) -> int:
     from .blend import blend_into_video
     from .masks import prepare_masks
     from .prior import flow_propagation_prior
-    from .video_io import read_masks, read_video, write_video
+    from .video_io import check_writable_output, read_masks, read_video, write_video
 
-    from .validate import check_memory, check_writable_output
+    from .validate import check_memory
 
     if args.mask_dilation < 0:
         raise RrdpoInputError(f"--mask-dilation must be >= 0, got {args.mask_dilation}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -22,7 +21,6 @@ __all__ = [
     "available_memory_bytes",
     "check_finite_tensors",
     "check_memory",
-    "check_writable_output",
     "check_zone_partition",
     "format_bytes",
     "last_error_lines",
@@ -78,38 +76,6 @@ def check_zone_partition(masks: Sequence[torch.Tensor], tol: float = ZONE_TOLERA
             f"{worst:g}. Build the zones with rrdpo_core.zones.decompose_zones (hole, boundary, context), or pass "
             f"masks that sum to 1 everywhere (one all-ones mask for a single zone)"
         )
-
-
-def check_writable_output(path: str | os.PathLike, flag: str = "--out", folder: bool | None = None) -> Path:
-    """Make sure ``path`` can be written before long work starts; creates nothing.
-
-    ``folder`` True: the output is a folder; False: a file; None: a video extension is a file,
-    anything else a folder (the command line's convention). The nearest existing folder on the
-    way is probed with a temporary file (removed at once), which also catches read-only mounts.
-    """
-    from .video_io import is_video_path
-
-    p = Path(path).expanduser()
-    is_folder = (not is_video_path(p)) if folder is None else folder
-    if is_folder and p.exists() and not p.is_dir():
-        raise RrdpoInputError(f"{flag} {p}: exists and is not a folder; give a folder (or a .mp4 path)")
-    if not is_folder and p.is_dir():
-        raise RrdpoInputError(f"{flag} {p}: is a folder, but a video file is to be written there; give another name")
-    probe_dir = p if is_folder else p.parent
-    while not probe_dir.exists() and probe_dir != probe_dir.parent:
-        probe_dir = probe_dir.parent
-    if not probe_dir.is_dir():
-        raise RrdpoInputError(f"{flag} {p}: cannot write there, {probe_dir} is a file, not a folder; choose another "
-                              "path (nothing was computed yet)")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".rrdpo-write-test.", dir=probe_dir)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        reason = err.strerror or type(err).__name__
-        raise RrdpoInputError(f"{flag} {p}: cannot write to {probe_dir} ({reason}); choose a folder you can write to "
-                              "(nothing was computed yet)") from None
-    return p
 
 
 def available_memory_bytes() -> int | None:

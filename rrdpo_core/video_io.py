@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -29,7 +30,7 @@ from .validate import last_error_lines
 
 __all__ = [
     "IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "Video", "as_frames", "as_masks", "to_tensor",
-    "read_video", "read_masks", "write_video", "write_image", "is_video_path", "resize_frames", "resize_masks",
+    "read_video", "read_masks", "write_video", "write_image", "is_video_path", "check_writable_output", "resize_frames", "resize_masks",
     "stack_side_by_side",
 ]
 
@@ -150,6 +151,36 @@ class Video:
 
 def is_video_path(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+def check_writable_output(path: str | os.PathLike, flag: str = "--out", folder: bool | None = None) -> Path:
+    """Make sure ``path`` can be written before long work starts; creates nothing.
+
+    ``folder`` True: the output is a folder; False: a file; None: a video extension is a file,
+    anything else a folder (the command line's convention). The nearest existing folder on the
+    way is probed with a temporary file (removed at once), which also catches read-only mounts.
+    """
+    p = Path(path).expanduser()
+    is_folder = (not is_video_path(p)) if folder is None else folder
+    if is_folder and p.exists() and not p.is_dir():
+        raise RrdpoInputError(f"{flag} {p}: exists and is not a folder; give a folder (or a .mp4 path)")
+    if not is_folder and p.is_dir():
+        raise RrdpoInputError(f"{flag} {p}: is a folder, but a video file is to be written there; give another name")
+    probe_dir = p if is_folder else p.parent
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise RrdpoInputError(f"{flag} {p}: cannot write there, {probe_dir} is a file, not a folder; choose another "
+                              "path (nothing was computed yet)")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".rrdpo-write-test.", dir=probe_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise RrdpoInputError(f"{flag} {p}: cannot write to {probe_dir} ({reason}); choose a folder you can write to "
+                              "(nothing was computed yet)") from None
+    return p
 
 
 def _natural_key(p: Path) -> list:

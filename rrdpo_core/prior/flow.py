@@ -42,7 +42,6 @@ from ..errors import RrdpoInputError
 from ..progress import CancelFn, Progress, ProgressFn
 from ..video_io import as_frames, as_masks, to_tensor
 from .fusion import KnownSampler, colour_offset, fuse_candidates, ring_of, spatial_fill
-from ..membrane import harmonic_fill
 from .motion import DIS_PRESETS, completed_flows, exposure_curve, motion_agreement, motion_check_stack
 from .preview import SOURCE_COPIED, SOURCE_FUSED, SOURCE_KNOWN, SOURCE_SPATIAL
 from .sources import track_sources

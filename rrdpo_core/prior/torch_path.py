@@ -239,7 +239,6 @@ def propagate_torch(video: np.ndarray, holes: np.ndarray, fwd: list[FlowField], 
                     device: torch.device, step: Callable[[], None]) -> tuple[np.ndarray, np.ndarray]:
     """Steps 2-4 of the flow prior on ``device``; returns the filled video and the source map (NumPy)."""
     kornia = _kornia()
-    from .flow import targets_of  # the same target pixels as the NumPy path
 
     length, height, width = holes.shape
     vid = torch.from_numpy(video).to(device).permute(0, 3, 1, 2).contiguous()  # (T, 3, H, W)
