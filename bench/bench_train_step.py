@@ -48,13 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rrdpo_core.loss import region_reg_dpo_loss  # noqa: E402
 from rrdpo_core.masks import random_mask_sequence  # noqa: E402
 from rrdpo_core.conditioning import known_mask_latent  # noqa: E402
-from rrdpo_core.region_lora import (  # noqa: E402
-    ADAPTER_NAME,
-    adapter_disabled,
-    add_region_adapter,
-    remove_region_lora,
-    trainable_lora_parameters,
-)
+from rrdpo_core.lora import adapter_disabled, adapter_parameters  # noqa: E402
+from rrdpo_core.region_lora import ADAPTER_NAME, add_region_adapter, remove_region_lora  # noqa: E402
 from rrdpo_core.train.config import TrainConfig  # noqa: E402
 from rrdpo_core.train.batching import make_pair_batch  # noqa: E402
 from rrdpo_core.train.pair_step import PairStep, sd15_alphas_cumprod  # noqa: E402
@@ -103,7 +98,7 @@ class Step:
         if mode == "dpo_copy":  # copied before the adapter exists: the frozen reference model
             self.ref_unet = copy.deepcopy(model.unet)
         add_region_adapter(model.unet, rank=args.rank, lora_alpha=2.0 * args.rank, trainable=True)
-        self.params = trainable_lora_parameters(model.unet, ADAPTER_NAME)
+        self.params = adapter_parameters(model.unet, ADAPTER_NAME)
         for p in self.params:
             p.data = p.data.float()
         if args.gradient_checkpointing:

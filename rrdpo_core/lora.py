@@ -24,9 +24,10 @@ import os
 import re
 import warnings
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Union
+from typing import Iterator, Mapping, Union
 
 import torch
 import torch.nn as nn
@@ -37,6 +38,8 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 __all__ = [
     "PCM_ADAPTER", "REGION_DPO_ADAPTER", "KohyaModule", "read_kohya_lora", "parse_kohya_lora", "apply_kohya_lora",
     "add_lora_adapter", "remove_adapter", "set_adapter_scale", "list_adapters", "fuse_adapter",
+    "active_adapters", "has_adapter", "adapter_disabled", "adapter_parameters", "adapter_state_dict",
+    "load_adapter_weights",
 ]
 
 PCM_ADAPTER = "pcm"
@@ -272,6 +275,101 @@ def set_adapter_scale(unet: nn.Module, name: str, scale: float) -> None:
 def list_adapters(unet: nn.Module) -> list[str]:
     """Names of the adapters on ``unet``, in the order they were added."""
     return list(getattr(unet, "peft_config", {}) or {})
+
+
+# ------------------------------------------------------------------------------------------------
+# One adapter among several: which are active, switching one off, its parameters and weights.
+
+
+def _tuner_layers(unet: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    for name, module in unet.named_modules():
+        if isinstance(module, BaseTunerLayer):
+            yield name, module
+
+
+def _layer_adapters(layer: nn.Module) -> set[str]:
+    return set(getattr(layer, "lora_A", {}).keys())
+
+
+def active_adapters(unet: nn.Module) -> list[str]:
+    """Names of the adapters active in any LoRA layer of ``unet`` (sorted)."""
+    names: set[str] = set()
+    for _, layer in _tuner_layers(unet):
+        act = layer.active_adapters
+        names.update([act] if isinstance(act, str) else act)
+    return sorted(names)
+
+
+def has_adapter(unet: nn.Module, name: str) -> bool:
+    """Whether ``unet`` holds adapter ``name`` (registered, or left in its layers)."""
+    return name in list_adapters(unet) or any(name in _layer_adapters(layer) for _, layer in _tuner_layers(unet))
+
+
+@contextmanager
+def adapter_disabled(unet: nn.Module, name: str) -> Iterator[None]:
+    """Run the UNet without adapter ``name`` (every other adapter, e.g. PCM, stays as it was).
+
+    This is the frozen reference of Region-Reg-DPO: no second copy of the UNet in memory. Only the
+    layers' active-adapter lists change (peft's ``set_adapter`` also flips requires_grad, so the
+    flags it found are put back on exit).
+    """
+    saved: list[tuple[nn.Module, list[str], list[tuple[torch.Tensor, bool]]]] = []
+    for _, layer in _tuner_layers(unet):
+        act = layer.active_adapters
+        act = [act] if isinstance(act, str) else list(act)
+        if name in act:
+            saved.append((layer, act, [(p, p.requires_grad) for p in layer.parameters()]))
+            layer.set_adapter([a for a in act if a != name])
+    try:
+        yield
+    finally:
+        for layer, act, flags in saved:
+            layer.set_adapter(act)
+            for p, flag in flags:
+                p.requires_grad_(flag)
+
+
+def adapter_parameters(unet: nn.Module, name: str) -> list[nn.Parameter]:
+    """Adapter ``name``'s parameters (its A and B matrices), in a fixed (module-name) order."""
+    params = [p for n, p in unet.named_parameters() if f".lora_A.{name}." in n or f".lora_B.{name}." in n]
+    if not params:
+        raise ValueError(f"the UNet has no adapter named {name!r}; add it first")
+    return params
+
+
+def adapter_state_dict(unet: nn.Module, name: str) -> dict[str, torch.Tensor]:
+    """Adapter ``name``'s weights with peft keys without the adapter name (``<module>.lora_A.weight``)."""
+    out: dict[str, torch.Tensor] = {}
+    for module_name, layer in _tuner_layers(unet):
+        if name not in _layer_adapters(layer):
+            continue
+        out[f"{module_name}.lora_A.weight"] = layer.lora_A[name].weight.detach()
+        out[f"{module_name}.lora_B.weight"] = layer.lora_B[name].weight.detach()
+    if not out:
+        raise ValueError(f"the UNet has no adapter named {name!r}")
+    return out
+
+
+def load_adapter_weights(unet: nn.Module, state_dict: Mapping[str, torch.Tensor], name: str) -> None:
+    """Copy :func:`adapter_state_dict`-style weights into adapter ``name``; every key must fit its layer."""
+    layers = dict(_tuner_layers(unet))
+    expected = set()
+    for module_name, layer in layers.items():
+        if name in _layer_adapters(layer):
+            expected |= {f"{module_name}.lora_A.weight", f"{module_name}.lora_B.weight"}
+    missing, unexpected = expected - set(state_dict), set(state_dict) - expected
+    if missing or unexpected:
+        raise ValueError(
+            f"LoRA weights do not match the adapter's layers ({len(missing)} missing, e.g. "
+            f"{sorted(missing)[:2]}; {len(unexpected)} unexpected, e.g. {sorted(unexpected)[:2]})"
+        )
+    with torch.no_grad():
+        for key, value in state_dict.items():
+            module_name, which = key.rsplit(".", 2)[0], key.rsplit(".", 2)[1]
+            param = getattr(layers[module_name], which)[name].weight
+            if param.shape != value.shape:
+                raise ValueError(f"LoRA tensor {key}: shape {tuple(value.shape)} != layer's {tuple(param.shape)}")
+            param.copy_(value.to(param.dtype))
 
 
 # ------------------------------------------------------------------------------------------------

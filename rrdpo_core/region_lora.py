@@ -19,13 +19,15 @@ import hashlib
 import json
 import os
 import re
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
+
+from .lora import (REGION_DPO_ADAPTER, add_lora_adapter, adapter_state_dict, has_adapter, load_adapter_weights,
+                   remove_adapter, set_adapter_scale)
 
 __all__ = [
     "ADAPTER_NAME",
@@ -38,21 +40,15 @@ __all__ = [
     "base_fingerprint",
     "lora_target_modules",
     "add_region_adapter",
-    "region_adapter_state_dict",
-    "load_region_adapter_weights",
     "check_base_model",
-    "trainable_lora_parameters",
     "save_region_lora",
     "load_region_lora",
     "apply_region_lora",
     "set_region_lora_strength",
     "remove_region_lora",
-    "adapter_disabled",
-    "active_adapters",
-    "has_adapter",
 ]
 
-ADAPTER_NAME = "region_dpo"
+ADAPTER_NAME = REGION_DPO_ADAPTER
 FORMAT_NAME = "rrdpo.region_lora"
 FORMAT_VERSION = 1
 KEY_PREFIX = "unet."
@@ -71,8 +67,9 @@ class BaseModelMismatchError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------
-# Adapter bookkeeping. Adding, removing and scaling named adapters is rrdpo_core.lora's job (it
-# keeps every adapter active together); this module adds what the Region-DPO LoRA needs on top.
+# The Region-DPO adapter. Generic handling of named adapters (adding, removing, scaling, switching
+# one off, their parameters and weights) is rrdpo_core.lora's; this module adds what the
+# Region-DPO LoRA needs on top: its targets, its file, the base-model check.
 
 
 def _unet_of(model: nn.Module) -> nn.Module:
@@ -81,60 +78,6 @@ def _unet_of(model: nn.Module) -> nn.Module:
     if not isinstance(unet, nn.Module):
         raise TypeError(f"expected a DiffuEraser model or its UNet (an nn.Module), got {type(model).__name__}")
     return unet
-
-
-def _tuner_layers(unet: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for name, module in unet.named_modules():
-        if isinstance(module, BaseTunerLayer):
-            yield name, module
-
-
-def _layer_adapters(layer: nn.Module) -> set[str]:
-    return set(getattr(layer, "lora_A", {}).keys())
-
-
-def active_adapters(unet: nn.Module) -> list[str]:
-    """Names of the adapters active in any LoRA layer of ``unet`` (sorted)."""
-    names: set[str] = set()
-    for _, layer in _tuner_layers(_unet_of(unet)):
-        act = layer.active_adapters
-        names.update([act] if isinstance(act, str) else act)
-    return sorted(names)
-
-
-def has_adapter(model: nn.Module, adapter_name: str = ADAPTER_NAME) -> bool:
-    from .lora import list_adapters
-
-    unet = _unet_of(model)
-    return adapter_name in list_adapters(unet) or any(
-        adapter_name in _layer_adapters(layer) for _, layer in _tuner_layers(unet))
-
-
-@contextmanager
-def adapter_disabled(unet: nn.Module, adapter_name: str = ADAPTER_NAME) -> Iterator[None]:
-    """Run the UNet without ``adapter_name`` (every other adapter, e.g. PCM, stays as it was).
-
-    This is the frozen reference of Region-Reg-DPO: no second copy of the UNet in memory. Only the
-    layers' active-adapter lists change (peft's ``set_adapter`` also flips requires_grad, so the
-    flags it found are put back on exit).
-    """
-    unet = _unet_of(unet)
-    saved: list[tuple[nn.Module, list[str], list[tuple[torch.Tensor, bool]]]] = []
-    for _, layer in _tuner_layers(unet):
-        act = layer.active_adapters
-        act = [act] if isinstance(act, str) else list(act)
-        if adapter_name in act:
-            saved.append((layer, act, [(p, p.requires_grad) for p in layer.parameters()]))
-            layer.set_adapter([a for a in act if a != adapter_name])
-    try:
-        yield
-    finally:
-        for layer, act, flags in saved:
-            layer.set_adapter(act)
-            for p, flag in flags:
-                p.requires_grad_(flag)
 
 
 def lora_target_modules(unet: nn.Module, temporal: bool = False, spatial: bool = True) -> list[str]:
@@ -170,8 +113,6 @@ def add_region_adapter(
     """
     from peft import LoraConfig
 
-    from .lora import add_lora_adapter
-
     unet = _unet_of(unet)
     if isinstance(rank, bool) or int(rank) != rank or rank < 1:
         raise ValueError(f"rank: must be a positive integer, got {rank!r}")
@@ -197,54 +138,6 @@ def add_region_adapter(
     )
     add_lora_adapter(unet, config, adapter_name, trainable=trainable)
     return targets
-
-
-def _is_adapter_param(param_name: str, adapter_name: str) -> bool:
-    return f".lora_A.{adapter_name}." in param_name or f".lora_B.{adapter_name}." in param_name
-
-
-def trainable_lora_parameters(unet: nn.Module, adapter_name: str = ADAPTER_NAME) -> list[nn.Parameter]:
-    """The adapter's parameters, in a fixed (module-name) order."""
-    unet = _unet_of(unet)
-    params = [p for n, p in unet.named_parameters() if _is_adapter_param(n, adapter_name)]
-    if not params:
-        raise ValueError(f"the UNet has no adapter named {adapter_name!r}; call add_region_adapter first")
-    return params
-
-
-def region_adapter_state_dict(unet: nn.Module, adapter_name: str = ADAPTER_NAME) -> dict[str, torch.Tensor]:
-    """The adapter's weights with peft keys without the adapter name (``<module>.lora_A.weight``)."""
-    unet = _unet_of(unet)
-    out: dict[str, torch.Tensor] = {}
-    for name, layer in _tuner_layers(unet):
-        if adapter_name not in _layer_adapters(layer):
-            continue
-        out[f"{name}.lora_A.weight"] = layer.lora_A[adapter_name].weight.detach()
-        out[f"{name}.lora_B.weight"] = layer.lora_B[adapter_name].weight.detach()
-    if not out:
-        raise ValueError(f"the UNet has no adapter named {adapter_name!r}")
-    return out
-
-
-def load_region_adapter_weights(unet: nn.Module, peft_sd: Mapping[str, torch.Tensor], adapter_name: str) -> None:
-    layers = dict(_tuner_layers(unet))
-    expected = set()
-    for name, layer in layers.items():
-        if adapter_name in _layer_adapters(layer):
-            expected |= {f"{name}.lora_A.weight", f"{name}.lora_B.weight"}
-    missing, unexpected = expected - set(peft_sd), set(peft_sd) - expected
-    if missing or unexpected:
-        raise ValueError(
-            f"LoRA weights do not match the adapter's layers ({len(missing)} missing, e.g. "
-            f"{sorted(missing)[:2]}; {len(unexpected)} unexpected, e.g. {sorted(unexpected)[:2]})"
-        )
-    with torch.no_grad():
-        for key, value in peft_sd.items():
-            module_name, which = key.rsplit(".", 2)[0], key.rsplit(".", 2)[1]
-            param = getattr(layers[module_name], which)[adapter_name].weight
-            if param.shape != value.shape:
-                raise ValueError(f"LoRA tensor {key}: shape {tuple(value.shape)} != layer's {tuple(param.shape)}")
-            param.copy_(value.to(param.dtype))
 
 
 # --------------------------------------------------------------------------------------------
@@ -433,7 +326,7 @@ def save_region_lora(
     ``info.fingerprint`` is filled from ``unet`` when it is None.
     """
     unet = _unet_of(unet)
-    peft_sd = region_adapter_state_dict(unet, adapter_name)
+    peft_sd = adapter_state_dict(unet, adapter_name)
     if dtype is not None:
         peft_sd = {k: v.to(dtype) for k, v in peft_sd.items()}
     if info.fingerprint is None:
@@ -529,22 +422,18 @@ def apply_region_lora(
         unet, rank=lora.info.rank, lora_alpha=lora.info.lora_alpha, adapter_name=adapter_name,
         trainable=False, target_modules=modules,
     )
-    load_region_adapter_weights(unet, lora.state_dict, adapter_name)
+    load_adapter_weights(unet, lora.state_dict, adapter_name)
     set_region_lora_strength(unet, strength, adapter_name)
     return lora.info
 
 
 def set_region_lora_strength(model: nn.Module, strength: float, adapter_name: str = ADAPTER_NAME) -> None:
     """Scale the adapter's output: ``strength * lora_alpha / rank * B A x`` (0 = the base model)."""
-    from .lora import set_adapter_scale
-
     set_adapter_scale(_unet_of(model), adapter_name, float(strength))
 
 
 def remove_region_lora(model: nn.Module, adapter_name: str = ADAPTER_NAME) -> None:
     """Remove the adapter from the UNet; other adapters (PCM) stay as they were. No-op if absent."""
-    from .lora import remove_adapter
-
     unet = _unet_of(model)
     if has_adapter(unet, adapter_name):
         remove_adapter(unet, adapter_name)

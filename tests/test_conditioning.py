@@ -5,7 +5,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from rrdpo_core.conditioning import encode_condition, known_mask_latent, masked_image
 from rrdpo_core.pairs import LOSER_KINDS, LoserGenerator, PairDataset, build_preference_pairs
@@ -14,13 +13,7 @@ from rrdpo_core.train.config import TrainConfig
 from rrdpo_core.train.batching import Batcher
 from rrdpo_core.train.pair_step import PairStep
 from rrdpo_core.vae import make_tiny_vae
-
-
-def _clip(seed: int, frames: int = 4, size: int = 32) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    base = torch.rand(1, 3, size // 8, size // 8, generator=g)
-    img = F.interpolate(base, size=(size, size), mode="bicubic", align_corners=False)[0].clamp(0, 1)
-    return torch.stack([torch.roll(img, shifts=t, dims=2).permute(1, 2, 0) for t in range(frames)])
+from test_train import clip
 
 
 def _darker(frames, hole, seeds):
@@ -48,7 +41,7 @@ def codec():
 @pytest.mark.parametrize("store_latents", [True, False])
 def test_training_condition_equals_sampling_condition_bitwise(tmp_path, codec, store_latents):
     gen = LoserGenerator(None, None, torch.zeros(1, 77, 32), overrides={k: _darker for k in LOSER_KINDS})
-    build_preference_pairs(None, codec, torch.zeros(1, 77, 32), [_clip(1), _clip(2)], tmp_path / "pairs", count=2,
+    build_preference_pairs(None, codec, torch.zeros(1, 77, 32), [clip(1, 4, 32), clip(2, 4, 32)], tmp_path / "pairs", count=2,
                            num_frames=4, generator=gen, store_latents=store_latents, composite="hard")
     ds = PairDataset(tmp_path / "pairs")
     assert ds.has_latents == store_latents
@@ -71,7 +64,7 @@ def test_training_condition_equals_sampling_condition_bitwise(tmp_path, codec, s
 
 
 def test_condition_channels_are_masked_latents_then_known_mask(codec):
-    frames = _clip(3)
+    frames = clip(3, 4, 32)
     holes = torch.zeros(4, 32, 32, dtype=torch.bool)
     holes[:, 8:24, 4:20] = True
     cond = encode_condition(codec, frames, holes)

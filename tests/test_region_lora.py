@@ -9,7 +9,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from rrdpo_core import region_lora as rl
-from rrdpo_core.lora import add_lora_adapter, list_adapters, remove_adapter
+from rrdpo_core.lora import active_adapters, adapter_disabled, add_lora_adapter, list_adapters, remove_adapter
 from rrdpo_core.models.testing import tiny_diffueraser
 
 F, H, W = 3, 8, 8  # frames, latent size (64x64 pixels)
@@ -99,7 +99,7 @@ def test_new_adapter_is_zero_and_reference_keeps_pcm_active(model, inputs):
     with_pcm = eps(model, inputs)
     assert (with_pcm - base).abs().max() > 1e-4
     rl.add_region_adapter(model.unet, rank=4, lora_alpha=8)
-    assert rl.active_adapters(model.unet) == ["pcm", "region_dpo"]
+    assert active_adapters(model.unet) == ["pcm", "region_dpo"]
     # Zero-output init: exactly the model without the adapter.
     assert torch.equal(eps(model, inputs), with_pcm)
     trainable = [n for n, p in model.unet.named_parameters() if p.requires_grad]
@@ -107,7 +107,7 @@ def test_new_adapter_is_zero_and_reference_keeps_pcm_active(model, inputs):
     perturb_region_lora(model)
     trained = eps(model, inputs)
     assert (trained - with_pcm).abs().max() > 1e-4
-    with rl.adapter_disabled(model.unet):
+    with adapter_disabled(model.unet, rl.ADAPTER_NAME):
         ref = eps(model, inputs)
     assert torch.equal(ref, with_pcm)  # PCM on, Region-DPO off
     assert torch.equal(eps(model, inputs), trained)  # and back on afterwards

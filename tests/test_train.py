@@ -151,9 +151,9 @@ def test_alpha_zero_is_region_weighted_sft(model, pairs, tmp_path):
         trainer = _Trainer(model, pairs, pairs.text_embeds(), cfg, tmp_path / objective, None, None, None, None)
         trainer.setup()
         try:
-            from rrdpo_core.region_lora import load_region_adapter_weights
+            from rrdpo_core.lora import load_adapter_weights
 
-            load_region_adapter_weights(model.unet, lora_tensors(sft.lora_path), "region_dpo")
+            load_adapter_weights(model.unet, lora_tensors(sft.lora_path), "region_dpo")
             out = trainer.forward(trainer.batcher.batch(5))[0]
             out.loss.backward()
             grads[objective] = [p.grad.detach().clone() for p in trainer.params]

@@ -16,7 +16,8 @@ import torch.nn as nn
 
 from ..conditioning import condition_channels
 from ..loss import region_reg_dpo_loss, zone_errors
-from ..region_lora import ADAPTER_NAME, adapter_disabled
+from ..lora import adapter_disabled
+from ..region_lora import ADAPTER_NAME
 from ..zones import ZONE_NAMES
 from .batching import PairBatch
 from .config import TrainConfig

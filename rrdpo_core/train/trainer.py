@@ -43,16 +43,15 @@ import torch.nn as nn
 from ..errors import Cancelled
 from ..pairs.format import PairDataset
 from ..progress import CancelFn, ProgressFn
+from ..lora import adapter_parameters, load_adapter_weights
 from ..region_lora import (
     ADAPTER_NAME,
     RegionLoraInfo,
     add_region_adapter,
     base_fingerprint,
-    load_region_adapter_weights,
     load_region_lora,
     remove_region_lora,
     save_region_lora,
-    trainable_lora_parameters,
 )
 from ..rng import derive_seed
 from .batching import Batcher, PairBatch
@@ -181,7 +180,7 @@ class _Trainer:
                     p.data = w.to(self.device)
                 elif f".lora_B.{ADAPTER_NAME}." in name:
                     p.data = torch.zeros(p.shape, dtype=torch.float32, device=self.device)
-        self.params = trainable_lora_parameters(unet, ADAPTER_NAME)
+        self.params = adapter_parameters(unet, ADAPTER_NAME)
         if cfg.gradient_checkpointing and hasattr(unet, "enable_gradient_checkpointing"):
             was = bool(getattr(unet, "is_gradient_checkpointing", False))
             unet.enable_gradient_checkpointing()
@@ -289,7 +288,7 @@ class _Trainer:
                 f"{ck.state.get('num_pairs')} pairs, the folder now holds {len(self.ds)}); use the same pairs"
             )
         lora = load_region_lora(ck.lora_path)
-        load_region_adapter_weights(self.unet, lora.state_dict, ADAPTER_NAME)
+        load_adapter_weights(self.unet, lora.state_dict, ADAPTER_NAME)
         self.optimizer.load_state_dict(ck.optimizer)
         self.scheduler.load_state_dict(ck.scheduler)
         if ck.scaler and self.scaler.is_enabled():
