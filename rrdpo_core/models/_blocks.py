@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 
 __all__ = ["add_residual", "run_down_block", "run_up_block", "run_motion_mid_block", "block_residual_count",
            "timestep_tensor"]
@@ -66,8 +67,11 @@ def _no_freeu(block: nn.Module) -> None:
 
 
 def _run_layer(block: nn.Module, fn: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
+    # ``block.gradient_checkpointing`` is the public flag that ``enable_gradient_checkpointing()`` sets;
+    # the checkpoint itself is torch's (non-reentrant, as diffusers' default), not diffusers' private
+    # ``_gradient_checkpointing_func``.
     if torch.is_grad_enabled() and getattr(block, "gradient_checkpointing", False):
-        return block._gradient_checkpointing_func(fn, *args)
+        return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
     return fn(*args)
 
 

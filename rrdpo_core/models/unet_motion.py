@@ -18,7 +18,7 @@ from __future__ import annotations
 import inspect
 import logging
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import torch
 from diffusers.models.unets.unet_motion_model import UNetMotionModel, UNetMotionOutput
@@ -87,10 +87,20 @@ class DiffuEraserUNetMotionModel(UNetMotionModel):
     """
 
     @classmethod
-    def extract_init_dict(cls, config_dict, **kwargs):
-        """Read a config the way the original DiffuEraser ``UNetMotionModel`` does.
+    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+        """``from_config`` of a config read the way the original DiffuEraser ``UNetMotionModel`` reads it.
 
-        Keys the original never reads are ignored at any value; keys only diffusers reads are set to
+        ``from_pretrained`` builds the model through ``from_config`` too, so both see the same config.
+        """
+        if isinstance(config, Mapping):
+            config = cls.original_config(config)
+        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
+    @classmethod
+    def original_config(cls, config_dict: Mapping[str, Any]) -> dict[str, Any]:
+        """The config as the original DiffuEraser ``UNetMotionModel`` reads it.
+
+        Keys the original never reads are dropped at any value; keys only diffusers reads are set to
         what the original builds; keys that change the network invisibly to the weights must have
         DiffuEraser's values (ValueError naming the key otherwise).
         """
@@ -118,7 +128,7 @@ class DiffuEraserUNetMotionModel(UNetMotionModel):
         if ignored:
             logger.debug("unet_main config: ignoring %s, which the original DiffuEraser UNetMotionModel does not read",
                          sorted(ignored))
-        return super().extract_init_dict(config_dict, **kwargs)
+        return config_dict
 
     @property
     def num_residuals(self) -> tuple[int, int, int]:
