@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
+from einops import rearrange
 
 from .conditioning import encode_condition, encode_frames
 from .errors import RrdpoInputError
@@ -154,7 +155,7 @@ class DiffuEraserPipeline:
         for start in range(0, latents.shape[0], self.vae_batch):
             check_cancel(cancel)
             images = self.vae.decode(latents[start:start + self.vae_batch])
-            out.append((images.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu())
+            out.append(rearrange((images.float() / 2 + 0.5).clamp(0, 1), "t c h w -> t h w c").cpu())
             if tick is not None:
                 tick()
         return torch.cat(out)

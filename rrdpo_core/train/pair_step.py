@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn as nn
+from einops import rearrange
 
 from ..conditioning import condition_channels
 from ..loss import region_reg_dpo_loss, zone_errors
@@ -92,8 +93,9 @@ class PairStep:
         h, w = batch.winner.shape[-2:]
         t, noise = batch.timesteps, batch.noise
         ab = self.alphas_cumprod[t].view(b, 1, 1, 1, 1)
-        cond = condition_channels(batch.masked.to(dev), batch.known).reshape(b * f, -1, h, w)  # (B*F, 5, h, w)
-        x_w = (ab.sqrt() * batch.winner + (1 - ab).sqrt() * noise).reshape(b * f, 4, h, w).to(dev)
+        clips_to_frames = "b f c h w -> (b f) c h w"  # the model sees a clip's frames as one batch
+        cond = rearrange(condition_channels(batch.masked.to(dev), batch.known), clips_to_frames)  # (B*F, 5, h, w)
+        x_w = rearrange(ab.sqrt() * batch.winner + (1 - ab).sqrt() * noise, clips_to_frames).to(dev)
         ts = t.to(dev)
         target = noise.to(dev)
         zones = [z.to(dev) for z in batch.zones]
@@ -108,7 +110,7 @@ class PairStep:
             if not self.dpo:
                 pred = predict(x_w, cond, ts)[None]
             else:
-                x_l = (ab.sqrt() * batch.loser + (1 - ab).sqrt() * noise).reshape(b * f, 4, h, w).to(dev)
+                x_l = rearrange(ab.sqrt() * batch.loser + (1 - ab).sqrt() * noise, clips_to_frames).to(dev)
                 both, cond2, ts2 = torch.cat([x_w, x_l]), torch.cat([cond, cond]), torch.cat([ts, ts])
                 if self.sequential:
                     with torch.no_grad(), adapter_disabled(self.model.unet, ADAPTER_NAME):
@@ -122,7 +124,7 @@ class PairStep:
                         ref = predict(both, cond2, ts2)
                     pred = predict(both, cond2, ts2)
         k = 2 if self.dpo else 1
-        pred = pred.float().reshape(k, b, f, 4, h, w)
+        pred = pred.float().reshape(k, b, f, 4, h, w)  # stacked (k, B*F, ...) or joint (k*B*F, ...)
         bad = not bool(torch.isfinite(pred.detach()).all())
         if ref is not None:
             ref = ref.float().reshape(k, b, f, 4, h, w)
