@@ -6,7 +6,9 @@
 * the VAE is any :class:`rrdpo_core.vae.LatentCodec`;
 * schedules come from :mod:`rrdpo_core.schedulers` (diffusers' TCD / DDIM / UniPC);
 * windows, their merge rule and the keyframes from :mod:`rrdpo_core.windows`;
-* the start latents from :mod:`rrdpo_core.inversion`.
+* the start latents from :mod:`rrdpo_core.inversion`;
+* BrushNet's condition from :mod:`rrdpo_core.conditioning` (the trainer uses the same functions);
+* input checks and padding from :mod:`rrdpo_core.inputs`, the random streams from :mod:`rrdpo_core.rng`.
 
 What one call does, following released DiffuEraser (reference §1.6–§1.8):
 
@@ -25,11 +27,11 @@ What one call does, following released DiffuEraser (reference §1.6–§1.8):
 5. Decode the latents in chunks.
 
 The frames returned are the generated frames, *not* composited into the input; use
-``rrdpo_core.blend.blend_into_video`` for that (``remove_objects`` does it by default).
+``rrdpo_core.blend.blend_into_video`` for that (:func:`rrdpo_core.api.remove_objects` does it by default).
 
 Conventions: frames ``(T, H, W, 3)`` float in [0, 1] (or uint8), torch or numpy; masks
-``(T, H, W)`` with 1 = hole. H and W must be multiples of 8 (:func:`pad_to_multiple` pads; the
-``remove_objects`` entry point does it and crops back). Any frame count >= 1 works.
+``(T, H, W)`` with 1 = hole. H and W must be multiples of 8 (:func:`rrdpo_core.inputs.pad_to_multiple` pads;
+:func:`rrdpo_core.api.remove_objects` does it and crops back). Any frame count >= 1 works.
 """
 from __future__ import annotations
 

@@ -458,3 +458,12 @@ def test_vae_loads_from_folder_and_single_files_offline(vae, tmp_path):
         load_vae(tmp_path / "other.safetensors")
     with pytest.raises(FileNotFoundError, match="VAE not found"):
         load_vae(tmp_path / "missing")
+
+
+def test_one_rule_says_when_tcd_needs_the_pcm_lora():
+    # The sampler node refuses and remove_objects warns by this one rule (they used to disagree at 8 steps).
+    from rrdpo_core.schedulers import TCD_STEPS_WITHOUT_PCM, needs_pcm_lora
+
+    assert needs_pcm_lora("tcd", 2) and needs_pcm_lora("tcd", TCD_STEPS_WITHOUT_PCM - 1)
+    assert not needs_pcm_lora("tcd", TCD_STEPS_WITHOUT_PCM)
+    assert not needs_pcm_lora("unipc", 2) and not needs_pcm_lora("ddim", 4)

@@ -44,7 +44,7 @@ def _kornia():
 
 
 def harmonic_fill_torch(values: torch.Tensor, unknown: torch.Tensor, smooth_iterations: int = 6) -> torch.Tensor:
-    """:func:`rrdpo_core.prior.harmonic_fill` in torch: ``values`` ``(C, H, W)``, ``unknown`` ``(H, W)`` bool."""
+    """:func:`rrdpo_core.membrane.harmonic_fill` in torch: ``values`` ``(C, H, W)``, ``unknown`` ``(H, W)`` bool."""
     if not bool(unknown.any()):
         return values.clone()
     if bool(unknown.all()):
