@@ -34,6 +34,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from .fsutil import atomic_write_text
+
 __all__ = [
     "OFFLOAD_LEVELS",
     "SAFETY",
@@ -161,10 +163,7 @@ class Calibration:
     def to_json(self, path: str | Path) -> Path:
         p = Path(path)
         data = {k: (asdict(v) if isinstance(v, LinearLaw) else v) for k, v in asdict(self).items()}
-        tmp = p.with_name(f".{p.name}.tmp")
-        tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-        tmp.replace(p)
-        return p
+        return atomic_write_text(p, json.dumps(data, indent=1) + "\n")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Calibration":
