@@ -13,6 +13,7 @@ from .models import DiffuEraserHandle
 CATEGORY = "Region-Reg-DPO/sampling"
 SCHEDULERS = ("tcd", "ddim", "unipc")
 OFFLOAD_CHOICES = ("auto", "none", "windows", "blocks")
+PRIOR_LATENTS = "RRDPO_PRIOR_LATENTS"
 SEED_OPTS = {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}
 
 
@@ -93,10 +94,13 @@ class RRDPOPriorLatents:
     )
     CATEGORY = CATEGORY
     FUNCTION = "prepare"
-    RETURN_TYPES = ("LATENT", "STRING")
-    RETURN_NAMES = ("latent", "report")
+    # Our own type, not ComfyUI's LATENT: these latents are scaled, already noised to t_start and carry the
+    # prior's clean latents and the noise, so VAE Decode or KSampler would make garbage of them.
+    RETURN_TYPES = (PRIOR_LATENTS, "STRING")
+    RETURN_NAMES = ("prior_latents", "report")
     OUTPUT_TOOLTIPS = (
-        "Start latents for the DiffuEraser Sampler (use the same steps and scheduler there).",
+        "Start latents for the DiffuEraser Sampler only (use the same steps and scheduler there); not a LATENT "
+        "for VAE Decode or KSampler.",
         "What was adjusted: padding to multiples of 8, a mask used for all frames or resized.",
     )
 
@@ -145,7 +149,7 @@ class RRDPOPriorLatents:
                 scheduler=scheduler, t_start=t_start, seed=seed, progress=_comfy.Progress(),
                 cancel=_comfy.cancel_requested,
             )
-        return ({"samples": init.latents.cpu(), "rrdpo_init": init}, _report(clip.report, placement))
+        return (init, _report(clip.report, placement))
 
 
 class RRDPODiffuEraserSampler:
@@ -182,7 +186,8 @@ class RRDPODiffuEraserSampler:
                                              "tooltip": "Classifier-free guidance; 0 as released (needs a negative above 1)."}),
             },
             "optional": {
-                "latent": ("LATENT", {"tooltip": "Start latents from Prior Latents (else made here from the prior)."}),
+                "prior_latents": (PRIOR_LATENTS, {"tooltip": "Start latents from Prior Latents (else made here from "
+                                                             "the prior)."}),
                 "prior": ("IMAGE", {"tooltip": "Prior video, used when no latent is given (else: no prior)."}),
                 "negative": ("CONDITIONING", {"tooltip": "Negative prompt for guidance_scale > 1."}),
                 "offload": (list(OFFLOAD_CHOICES), {"default": "auto", "tooltip": (
@@ -194,12 +199,14 @@ class RRDPODiffuEraserSampler:
 
     @_comfy.interrupt_aware
     def sample(self, diffueraser, vae, conditioning, images, mask, steps, scheduler, seed, guidance_scale,
-               latent=None, prior=None, negative=None, offload="auto"):
-        _check_scheduler(diffueraser, scheduler, steps)
-        init = latent.get("rrdpo_init") if isinstance(latent, dict) else None
-        if latent is not None and init is None:
-            raise ValueError("latent: give the output of the Prior Latents node (a plain LATENT has no prior/noise info)")
+               prior_latents=None, prior=None, negative=None, offload="auto"):
         from ..rrdpo_core.framing import pad_for_model
+        from ..rrdpo_core.inversion import InitLatents
+
+        _check_scheduler(diffueraser, scheduler, steps)
+        if prior_latents is not None and not isinstance(prior_latents, InitLatents):
+            raise ValueError("prior_latents: give the output of the Prior Latents node "
+                             f"(got {type(prior_latents).__name__}, which has no prior/noise info)")
 
         # Any size: reflect-padded to multiples of 8 for the VAE and cropped back, as remove_objects does.
         clip = pad_for_model(images, mask, prior)
@@ -212,7 +219,7 @@ class RRDPODiffuEraserSampler:
             with torch.no_grad():
                 out = pipe(
                     clip.frames, clip.mask, clip.prior, text, num_inference_steps=steps, scheduler=scheduler,
-                    guidance_scale=guidance_scale, negative_embeds=neg, seed=seed, init=init,
+                    guidance_scale=guidance_scale, negative_embeds=neg, seed=seed, init=prior_latents,
                     progress=_comfy.Progress(), cancel=_comfy.cancel_requested,
                 )
         frames = clip.crop(out.frames).contiguous()

@@ -54,7 +54,7 @@ def _run_b(handle, vae, frames, mask, prior):
     """Workflow b's two model nodes: Prior Latents (noise mode) then the sampler, TCD 2 steps."""
     out = node("RRDPOPriorLatents").prepare(handle, vae, _cond(), frames, mask, prior, "noise", 999, 2, "tcd", 0)
     return node("RRDPODiffuEraserSampler").sample(handle, vae, _cond(), frames, mask, 2, "tcd", 0, 0.0,
-                                                   latent=out[0])[0]
+                                                   prior_latents=out[0])[0]
 
 
 def test_pcm_and_region_lora_compose_under_inference_mode_repeatedly_and_after_cancel(files):
