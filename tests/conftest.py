@@ -40,11 +40,10 @@ def shared_data() -> Path:
 
 
 class _ProgressBar:
-    """Like comfy.utils.ProgressBar with the hook main.py installs: every update is recorded (with
-    its time) and is an interrupt point, exactly as in a running ComfyUI server."""
+    """Like comfy.utils.ProgressBar with the hook main.py installs: every update is recorded and
+    is an interrupt point, exactly as in a running ComfyUI server."""
 
     updates: list = []
-    times: list = []
     hook = None  # set by the fixture: the server hook's interrupt check
 
     def __init__(self, total, node_id=None):
@@ -59,7 +58,6 @@ class _ProgressBar:
             self.total = total
         self.current = min(value, self.total)
         _ProgressBar.updates.append((self.current, self.total))
-        _ProgressBar.times.append(__import__("time").monotonic())
         if _ProgressBar.hook is not None:
             _ProgressBar.hook()
 
@@ -118,7 +116,6 @@ def comfy_stubs(tmp_path, monkeypatch):
     comfy = types.ModuleType("comfy")
     utils = types.ModuleType("comfy.utils")
     _ProgressBar.updates = []
-    _ProgressBar.times = []
     utils.ProgressBar = _ProgressBar
     mm = types.ModuleType("comfy.model_management")
     mm.InterruptProcessingException = InterruptProcessingException
@@ -156,7 +153,6 @@ def comfy_stubs(tmp_path, monkeypatch):
         # Press Cancel once the n-th progress update (counted from the fixture's start) has been made.
         interrupt_after=lambda n: state.__setitem__("after", int(n)),
         is_interrupted=lambda: state["interrupted"],
-        progress_times=_ProgressBar.times,
         folder_paths=fp,
     )
     yield ns
