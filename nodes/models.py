@@ -11,7 +11,6 @@ from . import _comfy
 
 CATEGORY = "Region-Reg-DPO/models"
 NONE = "none"
-DTYPES = ("auto", "fp16", "bf16", "fp32")
 # Names the shipped workflows use; kept in the lists as placeholders when absent (see _comfy.with_placeholders).
 DEFAULT_MODEL = "diffuEraser"
 DEFAULT_PCM = "pcm_sd15_smallcfg_2step_converted.safetensors"
@@ -88,12 +87,6 @@ def _resolve_model_dir(name: str) -> Path:
     )
 
 
-def compute_dtype(choice: str, device: torch.device) -> torch.dtype:
-    if device.type == "cpu":
-        return torch.float32  # half precision on the CPU is slow or unsupported
-    return {"auto": torch.float16, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[choice]
-
-
 class RRDPOLoadDiffuEraser:
     DESCRIPTION = (
         "Load DiffuEraser (BrushNet + motion UNet) from models/diffueraser/<name>/ in the released layout, "
@@ -107,14 +100,16 @@ class RRDPOLoadDiffuEraser:
 
     @classmethod
     def INPUT_TYPES(cls):
+        from ..rrdpo_core.precision import DTYPE_CHOICES
+
         loras = _comfy.with_placeholders([NONE] + _comfy.list_files("loras"), DEFAULT_PCM)
         return {
             "required": {
                 "model_name": (list_diffueraser_models() or [DEFAULT_MODEL], {
                     "tooltip": "A folder in models/diffueraser holding brushnet/ and unet_main/ (the released weights). "
                                f"With none there, '{DEFAULT_MODEL}' is listed and says where to get them."}),
-                "dtype": (list(DTYPES), {"default": "auto",
-                                         "tooltip": "Compute precision on the GPU (auto = fp16); the CPU always uses fp32."}),
+                "dtype": (list(DTYPE_CHOICES), {"default": "auto",
+                                                "tooltip": "Compute precision on the GPU (auto = fp16); the CPU always uses fp32."}),
                 "pcm_lora": (loras, {"default": NONE,
                                      "tooltip": "PCM acceleration LoRA (pcm_sd15_smallcfg_2step_converted.safetensors for "
                                                 "the released 2-step setting), or none for UniPC/DDIM with more steps."}),
@@ -123,6 +118,7 @@ class RRDPOLoadDiffuEraser:
 
     def load(self, model_name: str, dtype: str, pcm_lora: str):
         from ..rrdpo_core.models import load_diffueraser
+        from ..rrdpo_core.precision import inference_dtype
 
         if model_name == NONE:
             raise FileNotFoundError(
@@ -131,7 +127,7 @@ class RRDPOLoadDiffuEraser:
             )
         path = _resolve_model_dir(model_name)
         dev = _comfy.torch_device()
-        cdtype = compute_dtype(dtype, dev)
+        cdtype = inference_dtype(dtype, dev)
         pcm_path = _comfy.full_path("loras", pcm_lora, PCM_SOURCE) if pcm_lora != NONE else None
         # ComfyUI runs nodes under torch.inference_mode(); weights and adapters made there would be
         # inference tensors, which later nodes can neither switch adapters on (peft's set_adapter

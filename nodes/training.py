@@ -7,7 +7,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import _comfy
@@ -116,24 +115,6 @@ class RRDPOBuildPreferencePairs:
         return (PairsHandle(str(out_dir), len(dataset)), summary, pair_preview(dataset))
 
 
-def _plots_image(paths: dict) -> torch.Tensor:
-    """The trainer's PNG plots side by side as one IMAGE [1, H, W, 3]."""
-    import cv2
-
-    if "dashboard" in paths:  # all panels in one figure; the rest are the same panels one by one
-        paths = {"dashboard": paths["dashboard"]}
-    images = []
-    for path in paths.values():
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if img is not None:
-            images.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
-    if not images:
-        return torch.zeros(1, 64, 64, 3)
-    height = max(i.shape[0] for i in images)
-    padded = [np.pad(i, ((0, height - i.shape[0]), (0, 0), (0, 0)), constant_values=255) for i in images]
-    return torch.from_numpy(np.concatenate(padded, axis=1)).float()[None] / 255.0
-
-
 class RRDPOTrainer:
     DESCRIPTION = (
         "Train a Region-DPO LoRA on the main UNet with the Region-Reg-DPO loss: zone-weighted DPO (alpha) plus a "
@@ -240,7 +221,9 @@ class RRDPOTrainer:
         report = f"{memory_line}\n{report}"
         if result.resumed_from:
             report = f"resumed from the checkpoint of step {result.resumed_from} in {run_dir}\n{report}"
-        plots = _plots_image(result.plots)
+        from ..rrdpo_core.train.plots import plots_image
+
+        plots = torch.from_numpy(plots_image(result.plots))[None]
         return {"ui": {"text": [report]},
                 "result": (diffueraser.with_lora(str(target), 1.0), str(target), plots, report)}
 
