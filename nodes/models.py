@@ -28,28 +28,25 @@ class DiffuEraserHandle:
     """What flows along a DIFFUERASER wire.
 
     The networks are shared by every node that receives the handle; LoRAs are kept as a list and
-    only attached for the duration of a sampler/trainer call, so a cached upstream model is never
-    changed behind ComfyUI's back.
+    as weight patches of the handle's own patcher clone, which ComfyUI merges while it has that
+    clone loaded and takes out when it unloads it, so a cached upstream model is never changed
+    behind ComfyUI's back.
     """
 
     model: object  # rrdpo_core.models.DiffuEraserModel (on the offload device)
     name: str
     compute_dtype: torch.dtype
+    # The comfy ModelPatcher that lets ComfyUI load, count and offload the networks; with LoRAs,
+    # a clone of the loader's patcher carrying them as weight patches (nodes/_patcher.py).
+    patcher: object = field(compare=False)
     pcm_lora: str | None = None
     pcm_steps: int | None = None
     loras: tuple[tuple[str, float], ...] = field(default_factory=tuple)
-    # Inside ComfyUI: the comfy ModelPatcher that lets ComfyUI load, count and offload the
-    # networks; with LoRAs, a clone of the loader's patcher carrying them as weight patches
-    # (nodes/_patcher.py). None outside ComfyUI (unit-test stubs): the LoRAs are then attached
-    # as peft adapters for the duration of a call.
-    patcher: object = field(default=None, compare=False)
 
     def with_lora(self, path: str, strength: float) -> "DiffuEraserHandle":
-        patcher = self.patcher
-        if patcher is not None:
-            from ._patcher import with_region_lora
+        from ._patcher import with_region_lora
 
-            patcher = with_region_lora(patcher, path, strength)
+        patcher = with_region_lora(self.patcher, path, strength)
         return replace(self, loras=self.loras + ((path, float(strength)),), patcher=patcher)
 
 

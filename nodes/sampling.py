@@ -17,49 +17,24 @@ PRIOR_LATENTS = "RRDPO_PRIOR_LATENTS"
 SEED_OPTS = {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}
 
 
-def _model_bytes(model: torch.nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters())
-
-
 @contextlib.contextmanager
 def running(handle: DiffuEraserHandle, size: tuple[int, int, int] | None = None, offload: str = "auto",
             guidance: bool = False, placement: list | None = None) -> Iterator[torch.nn.Module]:
-    """The handle's networks on the compute device with its LoRAs; undone (or left to ComfyUI) afterwards.
+    """The handle's networks on the compute device with its LoRAs, through ComfyUI's model management.
 
-    Inside ComfyUI the handle's model patcher goes through ComfyUI's model management with the
+    The handle's model patcher (its LoRAs are weight patches of it) is loaded by ComfyUI with the
     memory estimate for ``size`` = (frames, height, width) at the ``offload`` choice
-    (``nodes/_memory.py``); what was done is appended to ``placement``. Without a patcher (unit
-    tests with stubs) the networks are moved by hand and the LoRAs attached as peft adapters.
+    (``nodes/_memory.py``); ComfyUI unloads it when it needs the room. What was done is appended
+    to ``placement``.
     """
-    if handle.patcher is not None:
-        from ._memory import diffueraser_running
+    from ._memory import diffueraser_running
 
-        frames, height, width = size if size is not None else (22, 512, 512)
-        with diffueraser_running(handle.patcher, height, width, frames, offload if size is not None else "none",
-                                 guidance) as (model, where):
-            if placement is not None:
-                placement.append(where.detail)
-            yield model
-        return
-    from ..rrdpo_core.region_lora import apply_region_lora, remove_region_lora
-
-    model = handle.model
-    device = _comfy.torch_device()
-    _comfy.free_memory_for(device, _model_bytes(model))
-    names = []
-    try:
-        model.to(device)
-        with _comfy.building_model():  # adapters as normal tensors, as in Load DiffuEraser
-            for i, (path, strength) in enumerate(handle.loras):
-                name = f"region_dpo_{i}"
-                names.append(name)  # before applying: a half-applied adapter is removed too
-                apply_region_lora(model, path, strength=strength, adapter_name=name)
+    frames, height, width = size if size is not None else (22, 512, 512)
+    with diffueraser_running(handle.patcher, height, width, frames, offload if size is not None else "none",
+                             guidance) as (model, where):
+        if placement is not None:
+            placement.append(where.detail)
         yield model
-    finally:
-        with _comfy.building_model():
-            for name in reversed(names):
-                remove_region_lora(model, name)
-        model.to(_comfy.offload_device())
 
 
 def _size(clip) -> tuple[int, int, int]:

@@ -214,7 +214,9 @@ def node(node_id: str):
 def handle_for(model):
     """A DIFFUERASER wire value around ``model`` (what Load DiffuEraser returns)."""
     mod = sys.modules[type(node("RRDPOApplyRegionDPOLoRA")).__module__]
-    return mod.DiffuEraserHandle(model=model, name="tiny", compute_dtype=torch.float32)
+    memory = sys.modules[mod.__name__.rsplit(".", 1)[0] + "._memory"]
+    return mod.DiffuEraserHandle(model=model, name="tiny", compute_dtype=torch.float32,
+                                 patcher=memory.make_patcher(model))
 
 
 def rewrite_safetensors(path: Path, change: Callable[[dict[str, torch.Tensor]], None]) -> Path:
