@@ -23,7 +23,6 @@ import torch
 
 from . import _comfy
 
-OFFLOAD_CHOICES = ("auto", "none", "windows", "blocks")
 TRAIN_PRESETS = ("auto", "manual")
 PAIR_PASSES = ("joint", "sequential")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")

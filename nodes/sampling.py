@@ -7,14 +7,13 @@ from typing import Iterator
 import torch
 
 from . import _comfy
+from ._inputs import FRAMES_ANY_SIZE_INPUT, HOLE_MASK_INPUT, OFFLOAD_INPUT, model_inputs, seed_input
 from ._vae import ComfyVAECodec, text_embeds_from_conditioning
 from .models import DiffuEraserHandle
 
 CATEGORY = "Region-Reg-DPO/sampling"
 SCHEDULERS = ("tcd", "ddim", "unipc")
-OFFLOAD_CHOICES = ("auto", "none", "windows", "blocks")
 PRIOR_LATENTS = "RRDPO_PRIOR_LATENTS"
-SEED_OPTS = {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}
 
 
 @contextlib.contextmanager
@@ -83,13 +82,9 @@ class RRDPOPriorLatents:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "diffueraser": ("DIFFUERASER", {"tooltip": "From Load DiffuEraser (with any LoRA)."}),
-                "vae": ("VAE", {"tooltip": "The SD1.5 VAE (sd-vae-ft-mse), from a VAELoader."}),
-                "conditioning": ("CONDITIONING", {"tooltip": "CLIPTextEncode of the empty prompt (SD1.5 CLIP)."}),
-                "images": ("IMAGE", {"tooltip": "The original frames, any size (padded to multiples of 8 for the "
-                                                "model and cropped back)."}),
-                "mask": ("MASK", {"tooltip": "Hole mask (prepared), 1 = remove: one per frame or one for all frames; "
-                                             "resized to the frames if its size differs."}),
+                **model_inputs("From Load DiffuEraser (with any LoRA)."),
+                "images": FRAMES_ANY_SIZE_INPUT,
+                "mask": HOLE_MASK_INPUT,
                 "prior": ("IMAGE", {"tooltip": "The prior video (Flow Propagation Prior or ProPainter)."}),
                 "mode": (["noise", "ddim_inversion"], {"default": "noise",
                                                        "tooltip": "noise = released DiffuEraser; ddim_inversion = deterministic inversion."}),
@@ -98,13 +93,10 @@ class RRDPOPriorLatents:
                 "steps": ("INT", {"default": 2, "min": 1, "max": 100,
                                   "tooltip": "Sampling steps the latents are prepared for (must match the sampler)."}),
                 "scheduler": (list(SCHEDULERS), {"default": "tcd", "tooltip": "Must match the sampler."}),
-                "seed": ("INT", dict(SEED_OPTS, tooltip="Seed of the noise and VAE samples.")),
+                "seed": seed_input("Seed of the noise and VAE samples."),
             },
             "optional": {
-                "offload": (list(OFFLOAD_CHOICES), {"default": "auto", "tooltip": (
-                    "Where the networks live while this runs. auto: from the free GPU memory and the memory model; "
-                    "none: fully loaded; windows: the video's latents stay off the GPU; blocks: BrushNet and the "
-                    "motion UNet streamed block by block (least memory, slower). Same result at every level.")}),
+                "offload": OFFLOAD_INPUT,
             },
         }
 
@@ -146,17 +138,13 @@ class RRDPODiffuEraserSampler:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "diffueraser": ("DIFFUERASER", {"tooltip": "From Load DiffuEraser / Apply Region-DPO LoRA."}),
-                "vae": ("VAE", {"tooltip": "The SD1.5 VAE (sd-vae-ft-mse), from a VAELoader."}),
-                "conditioning": ("CONDITIONING", {"tooltip": "CLIPTextEncode of the empty prompt (SD1.5 CLIP)."}),
-                "images": ("IMAGE", {"tooltip": "The original frames, any size (padded to multiples of 8 for the "
-                                                "model and cropped back)."}),
-                "mask": ("MASK", {"tooltip": "Hole mask (prepared), 1 = remove: one per frame or one for all frames; "
-                                             "resized to the frames if its size differs."}),
+                **model_inputs("From Load DiffuEraser / Apply Region-DPO LoRA."),
+                "images": FRAMES_ANY_SIZE_INPUT,
+                "mask": HOLE_MASK_INPUT,
                 "steps": ("INT", {"default": 2, "min": 1, "max": 100,
                                   "tooltip": "Denoising steps: 2 with TCD + PCM 2-step (released), ~20 with unipc/ddim."}),
                 "scheduler": (list(SCHEDULERS), {"default": "tcd", "tooltip": "tcd (with PCM), ddim or unipc."}),
-                "seed": ("INT", dict(SEED_OPTS, tooltip="Seed of the noise (used when no latent is given).")),
+                "seed": seed_input("Seed of the noise (used when no start latents are given)."),
                 "guidance_scale": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 20.0, "step": 0.1,
                                              "tooltip": "Classifier-free guidance; 0 as released (needs a negative above 1)."}),
             },
@@ -165,10 +153,7 @@ class RRDPODiffuEraserSampler:
                                                              "the prior)."}),
                 "prior": ("IMAGE", {"tooltip": "Prior video, used when no latent is given (else: no prior)."}),
                 "negative": ("CONDITIONING", {"tooltip": "Negative prompt for guidance_scale > 1."}),
-                "offload": (list(OFFLOAD_CHOICES), {"default": "auto", "tooltip": (
-                    "Where the networks live while this runs. auto: from the free GPU memory and the memory model; "
-                    "none: fully loaded; windows: the video's latents stay off the GPU; blocks: BrushNet and the "
-                    "motion UNet streamed block by block (least memory, slower). Same result at every level.")}),
+                "offload": OFFLOAD_INPUT,
             },
         }
 
