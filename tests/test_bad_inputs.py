@@ -10,6 +10,7 @@ once per module and only when a case needs them; a case that damages a file copi
 """
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import shutil
@@ -214,7 +215,7 @@ def node(node_id: str):
 def handle_for(model):
     """A DIFFUERASER wire value around ``model`` (what Load DiffuEraser returns)."""
     mod = sys.modules[type(node("RRDPOApplyRegionDPOLoRA")).__module__]
-    memory = sys.modules[mod.__name__.rsplit(".", 1)[0] + "._memory"]
+    memory = importlib.import_module(mod.__name__.rsplit(".", 1)[0] + "._memory")
     return mod.DiffuEraserHandle(model=model, name="tiny", compute_dtype=torch.float32,
                                  patcher=memory.make_patcher(model))
 
