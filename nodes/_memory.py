@@ -23,7 +23,6 @@ import torch
 
 from . import _comfy
 
-OFFLOAD_CHOICES = ("auto", "none", "windows", "blocks")
 TRAIN_PRESETS = ("auto", "manual")
 PAIR_PASSES = ("joint", "sequential")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
@@ -33,15 +32,8 @@ def _mm():
     return _comfy._module("comfy.model_management")
 
 
-def have_model_patcher() -> bool:
-    """True inside a ComfyUI that has ``comfy.model_patcher`` (the stubs of the unit tests do not)."""
-    return _comfy._module("comfy.model_patcher") is not None
-
-
 def make_patcher(model: Any) -> Any:
-    """The loader's ModelPatcher for a freshly loaded DiffuEraserModel (None outside ComfyUI)."""
-    if not have_model_patcher():
-        return None
+    """The loader's ModelPatcher for a freshly loaded DiffuEraserModel."""
     from ._patcher import diffueraser_patcher
 
     return diffueraser_patcher(model, _comfy.torch_device(), _comfy.offload_device())
@@ -122,19 +114,13 @@ def propainter_models(files: dict[str, str], device: torch.device) -> Any:
         _PROPAINTER_CACHE.clear()  # one set of ProPainter weights at a time
         with _comfy.building_model():  # normal tensors even under ComfyUI's inference mode
             models = load_propainter(files, device=_comfy.offload_device())
-        patcher = None
-        if have_model_patcher():
-            from ._patcher import propainter_patcher
+        from ._patcher import propainter_patcher
 
-            patcher = propainter_patcher(models, device, _comfy.offload_device())
-        entry = _PROPAINTER_CACHE[key] = (models, patcher)
+        entry = _PROPAINTER_CACHE[key] = (models, propainter_patcher(models, device, _comfy.offload_device()))
     models, patcher = entry
-    if patcher is not None:
-        from ._patcher import load
+    from ._patcher import load
 
-        load([patcher], memory_required=0)
-    else:
-        models.to(device)
+    load([patcher], memory_required=0)
     return models
 
 

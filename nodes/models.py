@@ -11,7 +11,6 @@ from . import _comfy
 
 CATEGORY = "Region-Reg-DPO/models"
 NONE = "none"
-DTYPES = ("auto", "fp16", "bf16", "fp32")
 # Names the shipped workflows use; kept in the lists as placeholders when absent (see _comfy.with_placeholders).
 DEFAULT_MODEL = "diffuEraser"
 DEFAULT_PCM = "pcm_sd15_smallcfg_2step_converted.safetensors"
@@ -29,28 +28,25 @@ class DiffuEraserHandle:
     """What flows along a DIFFUERASER wire.
 
     The networks are shared by every node that receives the handle; LoRAs are kept as a list and
-    only attached for the duration of a sampler/trainer call, so a cached upstream model is never
-    changed behind ComfyUI's back.
+    as weight patches of the handle's own patcher clone, which ComfyUI merges while it has that
+    clone loaded and takes out when it unloads it, so a cached upstream model is never changed
+    behind ComfyUI's back.
     """
 
     model: object  # rrdpo_core.models.DiffuEraserModel (on the offload device)
     name: str
     compute_dtype: torch.dtype
+    # The comfy ModelPatcher that lets ComfyUI load, count and offload the networks; with LoRAs,
+    # a clone of the loader's patcher carrying them as weight patches (nodes/_patcher.py).
+    patcher: object = field(compare=False)
     pcm_lora: str | None = None
     pcm_steps: int | None = None
     loras: tuple[tuple[str, float], ...] = field(default_factory=tuple)
-    # Inside ComfyUI: the comfy ModelPatcher that lets ComfyUI load, count and offload the
-    # networks; with LoRAs, a clone of the loader's patcher carrying them as weight patches
-    # (nodes/_patcher.py). None outside ComfyUI (unit-test stubs): the LoRAs are then attached
-    # as peft adapters for the duration of a call.
-    patcher: object = field(default=None, compare=False)
 
     def with_lora(self, path: str, strength: float) -> "DiffuEraserHandle":
-        patcher = self.patcher
-        if patcher is not None:
-            from ._patcher import with_region_lora
+        from ._patcher import with_region_lora
 
-            patcher = with_region_lora(patcher, path, strength)
+        patcher = with_region_lora(self.patcher, path, strength)
         return replace(self, loras=self.loras + ((path, float(strength)),), patcher=patcher)
 
 
@@ -88,12 +84,6 @@ def _resolve_model_dir(name: str) -> Path:
     )
 
 
-def compute_dtype(choice: str, device: torch.device) -> torch.dtype:
-    if device.type == "cpu":
-        return torch.float32  # half precision on the CPU is slow or unsupported
-    return {"auto": torch.float16, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[choice]
-
-
 class RRDPOLoadDiffuEraser:
     DESCRIPTION = (
         "Load DiffuEraser (BrushNet + motion UNet) from models/diffueraser/<name>/ in the released layout, "
@@ -107,14 +97,16 @@ class RRDPOLoadDiffuEraser:
 
     @classmethod
     def INPUT_TYPES(cls):
+        from ..rrdpo_core.precision import DTYPE_CHOICES
+
         loras = _comfy.with_placeholders([NONE] + _comfy.list_files("loras"), DEFAULT_PCM)
         return {
             "required": {
                 "model_name": (list_diffueraser_models() or [DEFAULT_MODEL], {
                     "tooltip": "A folder in models/diffueraser holding brushnet/ and unet_main/ (the released weights). "
                                f"With none there, '{DEFAULT_MODEL}' is listed and says where to get them."}),
-                "dtype": (list(DTYPES), {"default": "auto",
-                                         "tooltip": "Compute precision on the GPU (auto = fp16); the CPU always uses fp32."}),
+                "dtype": (list(DTYPE_CHOICES), {"default": "auto",
+                                                "tooltip": "Compute precision on the GPU (auto = fp16); the CPU always uses fp32."}),
                 "pcm_lora": (loras, {"default": NONE,
                                      "tooltip": "PCM acceleration LoRA (pcm_sd15_smallcfg_2step_converted.safetensors for "
                                                 "the released 2-step setting), or none for UniPC/DDIM with more steps."}),
@@ -123,6 +115,7 @@ class RRDPOLoadDiffuEraser:
 
     def load(self, model_name: str, dtype: str, pcm_lora: str):
         from ..rrdpo_core.models import load_diffueraser
+        from ..rrdpo_core.precision import inference_dtype
 
         if model_name == NONE:
             raise FileNotFoundError(
@@ -131,7 +124,7 @@ class RRDPOLoadDiffuEraser:
             )
         path = _resolve_model_dir(model_name)
         dev = _comfy.torch_device()
-        cdtype = compute_dtype(dtype, dev)
+        cdtype = inference_dtype(dtype, dev)
         pcm_path = _comfy.full_path("loras", pcm_lora, PCM_SOURCE) if pcm_lora != NONE else None
         # ComfyUI runs nodes under torch.inference_mode(); weights and adapters made there would be
         # inference tensors, which later nodes can neither switch adapters on (peft's set_adapter

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from . import _comfy
+from ._inputs import HOLE_MASK_INPUT
 
 CATEGORY = "Region-Reg-DPO/prior"
 NONE = "none"
@@ -21,8 +22,7 @@ _OUTPUTS = dict(
 )
 _COMMON_INPUTS = {
     "images": ("IMAGE", {"tooltip": "The original frames."}),
-    "mask": ("MASK", {"tooltip": "Hole mask (prepared), 1 = remove: one per frame or one for all frames; resized "
-                                 "to the frames if its size differs."}),
+    "mask": HOLE_MASK_INPUT,
 }
 
 

@@ -7,58 +7,33 @@ from typing import Iterator
 import torch
 
 from . import _comfy
+from ._inputs import FRAMES_ANY_SIZE_INPUT, HOLE_MASK_INPUT, OFFLOAD_INPUT, model_inputs, seed_input
 from ._vae import ComfyVAECodec, text_embeds_from_conditioning
 from .models import DiffuEraserHandle
 
 CATEGORY = "Region-Reg-DPO/sampling"
 SCHEDULERS = ("tcd", "ddim", "unipc")
-OFFLOAD_CHOICES = ("auto", "none", "windows", "blocks")
-SEED_OPTS = {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}
-
-
-def _model_bytes(model: torch.nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+PRIOR_LATENTS = "RRDPO_PRIOR_LATENTS"
 
 
 @contextlib.contextmanager
 def running(handle: DiffuEraserHandle, size: tuple[int, int, int] | None = None, offload: str = "auto",
             guidance: bool = False, placement: list | None = None) -> Iterator[torch.nn.Module]:
-    """The handle's networks on the compute device with its LoRAs; undone (or left to ComfyUI) afterwards.
+    """The handle's networks on the compute device with its LoRAs, through ComfyUI's model management.
 
-    Inside ComfyUI the handle's model patcher goes through ComfyUI's model management with the
+    The handle's model patcher (its LoRAs are weight patches of it) is loaded by ComfyUI with the
     memory estimate for ``size`` = (frames, height, width) at the ``offload`` choice
-    (``nodes/_memory.py``); what was done is appended to ``placement``. Without a patcher (unit
-    tests with stubs) the networks are moved by hand and the LoRAs attached as peft adapters.
+    (``nodes/_memory.py``); ComfyUI unloads it when it needs the room. What was done is appended
+    to ``placement``.
     """
-    if handle.patcher is not None:
-        from ._memory import diffueraser_running
+    from ._memory import diffueraser_running
 
-        frames, height, width = size if size is not None else (22, 512, 512)
-        with diffueraser_running(handle.patcher, height, width, frames, offload if size is not None else "none",
-                                 guidance) as (model, where):
-            if placement is not None:
-                placement.append(where.detail)
-            yield model
-        return
-    from ..rrdpo_core.region_lora import apply_region_lora, remove_region_lora
-
-    model = handle.model
-    device = _comfy.torch_device()
-    _comfy.free_memory_for(device, _model_bytes(model))
-    names = []
-    try:
-        model.to(device)
-        with _comfy.building_model():  # adapters as normal tensors, as in Load DiffuEraser
-            for i, (path, strength) in enumerate(handle.loras):
-                name = f"region_dpo_{i}"
-                names.append(name)  # before applying: a half-applied adapter is removed too
-                apply_region_lora(model, path, strength=strength, adapter_name=name)
+    frames, height, width = size if size is not None else (22, 512, 512)
+    with diffueraser_running(handle.patcher, height, width, frames, offload if size is not None else "none",
+                             guidance) as (model, where):
+        if placement is not None:
+            placement.append(where.detail)
         yield model
-    finally:
-        with _comfy.building_model():
-            for name in reversed(names):
-                remove_region_lora(model, name)
-        model.to(_comfy.offload_device())
 
 
 def _size(clip) -> tuple[int, int, int]:
@@ -95,10 +70,13 @@ class RRDPOPriorLatents:
     )
     CATEGORY = CATEGORY
     FUNCTION = "prepare"
-    RETURN_TYPES = ("LATENT", "STRING")
-    RETURN_NAMES = ("latent", "report")
+    # Our own type, not ComfyUI's LATENT: these latents are scaled, already noised to t_start and carry the
+    # prior's clean latents and the noise, so VAE Decode or KSampler would make garbage of them.
+    RETURN_TYPES = (PRIOR_LATENTS, "STRING")
+    RETURN_NAMES = ("prior_latents", "report")
     OUTPUT_TOOLTIPS = (
-        "Start latents for the DiffuEraser Sampler (use the same steps and scheduler there).",
+        "Start latents for the DiffuEraser Sampler only (use the same steps and scheduler there); not a LATENT "
+        "for VAE Decode or KSampler.",
         "What was adjusted: padding to multiples of 8, a mask used for all frames or resized.",
     )
 
@@ -106,13 +84,9 @@ class RRDPOPriorLatents:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "diffueraser": ("DIFFUERASER", {"tooltip": "From Load DiffuEraser (with any LoRA)."}),
-                "vae": ("VAE", {"tooltip": "The SD1.5 VAE (sd-vae-ft-mse), from a VAELoader."}),
-                "conditioning": ("CONDITIONING", {"tooltip": "CLIPTextEncode of the empty prompt (SD1.5 CLIP)."}),
-                "images": ("IMAGE", {"tooltip": "The original frames, any size (padded to multiples of 8 for the "
-                                                "model and cropped back)."}),
-                "mask": ("MASK", {"tooltip": "Hole mask (prepared), 1 = remove: one per frame or one for all frames; "
-                                             "resized to the frames if its size differs."}),
+                **model_inputs("From Load DiffuEraser (with any LoRA)."),
+                "images": FRAMES_ANY_SIZE_INPUT,
+                "mask": HOLE_MASK_INPUT,
                 "prior": ("IMAGE", {"tooltip": "The prior video (Flow Propagation Prior or ProPainter)."}),
                 "mode": (["noise", "ddim_inversion"], {"default": "noise",
                                                        "tooltip": "noise = released DiffuEraser; ddim_inversion = deterministic inversion."}),
@@ -121,13 +95,10 @@ class RRDPOPriorLatents:
                 "steps": ("INT", {"default": 2, "min": 1, "max": 100,
                                   "tooltip": "Sampling steps the latents are prepared for (must match the sampler)."}),
                 "scheduler": (list(SCHEDULERS), {"default": "tcd", "tooltip": "Must match the sampler."}),
-                "seed": ("INT", dict(SEED_OPTS, tooltip="Seed of the noise and VAE samples.")),
+                "seed": seed_input("Seed of the noise and VAE samples."),
             },
             "optional": {
-                "offload": (list(OFFLOAD_CHOICES), {"default": "auto", "tooltip": (
-                    "Where the networks live while this runs. auto: from the free GPU memory and the memory model; "
-                    "none: fully loaded; windows: the video's latents stay off the GPU; blocks: BrushNet and the "
-                    "motion UNet streamed block by block (least memory, slower). Same result at every level.")}),
+                "offload": OFFLOAD_INPUT,
             },
         }
 
@@ -147,7 +118,7 @@ class RRDPOPriorLatents:
                 scheduler=scheduler, t_start=t_start, seed=seed, progress=_comfy.Progress(),
                 cancel=_comfy.cancel_requested,
             )
-        return ({"samples": init.latents.cpu(), "rrdpo_init": init}, _report(clip.report, placement))
+        return (init, _report(clip.report, placement))
 
 
 class RRDPODiffuEraserSampler:
@@ -169,39 +140,35 @@ class RRDPODiffuEraserSampler:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "diffueraser": ("DIFFUERASER", {"tooltip": "From Load DiffuEraser / Apply Region-DPO LoRA."}),
-                "vae": ("VAE", {"tooltip": "The SD1.5 VAE (sd-vae-ft-mse), from a VAELoader."}),
-                "conditioning": ("CONDITIONING", {"tooltip": "CLIPTextEncode of the empty prompt (SD1.5 CLIP)."}),
-                "images": ("IMAGE", {"tooltip": "The original frames, any size (padded to multiples of 8 for the "
-                                                "model and cropped back)."}),
-                "mask": ("MASK", {"tooltip": "Hole mask (prepared), 1 = remove: one per frame or one for all frames; "
-                                             "resized to the frames if its size differs."}),
+                **model_inputs("From Load DiffuEraser / Apply Region-DPO LoRA."),
+                "images": FRAMES_ANY_SIZE_INPUT,
+                "mask": HOLE_MASK_INPUT,
                 "steps": ("INT", {"default": 2, "min": 1, "max": 100,
                                   "tooltip": "Denoising steps: 2 with TCD + PCM 2-step (released), ~20 with unipc/ddim."}),
                 "scheduler": (list(SCHEDULERS), {"default": "tcd", "tooltip": "tcd (with PCM), ddim or unipc."}),
-                "seed": ("INT", dict(SEED_OPTS, tooltip="Seed of the noise (used when no latent is given).")),
+                "seed": seed_input("Seed of the noise (used when no start latents are given)."),
                 "guidance_scale": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 20.0, "step": 0.1,
                                              "tooltip": "Classifier-free guidance; 0 as released (needs a negative above 1)."}),
             },
             "optional": {
-                "latent": ("LATENT", {"tooltip": "Start latents from Prior Latents (else made here from the prior)."}),
+                "prior_latents": (PRIOR_LATENTS, {"tooltip": "Start latents from Prior Latents (else made here from "
+                                                             "the prior)."}),
                 "prior": ("IMAGE", {"tooltip": "Prior video, used when no latent is given (else: no prior)."}),
                 "negative": ("CONDITIONING", {"tooltip": "Negative prompt for guidance_scale > 1."}),
-                "offload": (list(OFFLOAD_CHOICES), {"default": "auto", "tooltip": (
-                    "Where the networks live while this runs. auto: from the free GPU memory and the memory model; "
-                    "none: fully loaded; windows: the video's latents stay off the GPU; blocks: BrushNet and the "
-                    "motion UNet streamed block by block (least memory, slower). Same result at every level.")}),
+                "offload": OFFLOAD_INPUT,
             },
         }
 
     @_comfy.interrupt_aware
     def sample(self, diffueraser, vae, conditioning, images, mask, steps, scheduler, seed, guidance_scale,
-               latent=None, prior=None, negative=None, offload="auto"):
-        _check_scheduler(diffueraser, scheduler, steps)
-        init = latent.get("rrdpo_init") if isinstance(latent, dict) else None
-        if latent is not None and init is None:
-            raise ValueError("latent: give the output of the Prior Latents node (a plain LATENT has no prior/noise info)")
+               prior_latents=None, prior=None, negative=None, offload="auto"):
         from ..rrdpo_core.framing import pad_for_model
+        from ..rrdpo_core.inversion import InitLatents
+
+        _check_scheduler(diffueraser, scheduler, steps)
+        if prior_latents is not None and not isinstance(prior_latents, InitLatents):
+            raise ValueError("prior_latents: give the output of the Prior Latents node "
+                             f"(got {type(prior_latents).__name__}, which has no prior/noise info)")
 
         # Any size: reflect-padded to multiples of 8 for the VAE and cropped back, as remove_objects does.
         clip = pad_for_model(images, mask, prior)
@@ -214,7 +181,7 @@ class RRDPODiffuEraserSampler:
             with torch.no_grad():
                 out = pipe(
                     clip.frames, clip.mask, clip.prior, text, num_inference_steps=steps, scheduler=scheduler,
-                    guidance_scale=guidance_scale, negative_embeds=neg, seed=seed, init=init,
+                    guidance_scale=guidance_scale, negative_embeds=neg, seed=seed, init=prior_latents,
                     progress=_comfy.Progress(), cancel=_comfy.cancel_requested,
                 )
         frames = clip.crop(out.frames).contiguous()

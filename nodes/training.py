@@ -7,13 +7,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import _comfy
+from ._inputs import CONDITIONING_INPUT, model_inputs, seed_input
 from ._vae import ComfyVAECodec, text_embeds_from_conditioning
 from .models import DiffuEraserHandle
-from .sampling import SEED_OPTS, running
+from .sampling import running
 
 CATEGORY = "Region-Reg-DPO/training"
 NONE = "none"
@@ -65,9 +65,7 @@ class RRDPOBuildPreferencePairs:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "diffueraser": ("DIFFUERASER", {"tooltip": "The model that makes the losers (the one you will train)."}),
-                "vae": ("VAE", {"tooltip": "The SD1.5 VAE (sd-vae-ft-mse)."}),
-                "conditioning": ("CONDITIONING", {"tooltip": "CLIPTextEncode of the empty prompt (SD1.5 CLIP)."}),
+                **model_inputs("The model that makes the losers (the one you will train)."),
                 "dataset_name": ("STRING", {"default": "rrdpo_pairs",
                                             "tooltip": "Folder name under output/rrdpo_pairs/ (a plain name)."}),
                 "count": ("INT", {"default": 16, "min": 1, "max": 100000, "tooltip": "Number of pairs to have in the folder."}),
@@ -75,7 +73,7 @@ class RRDPOBuildPreferencePairs:
                 "hallucination": ("BOOLEAN", {"default": True, "tooltip": "Losers from DiffuEraser without a prior."}),
                 "blur": ("BOOLEAN", {"default": True, "tooltip": "Losers from the propagation prior alone."}),
                 "flicker": ("BOOLEAN", {"default": True, "tooltip": "Losers with a temporal seam (window jumps)."}),
-                "seed": ("INT", dict(SEED_OPTS, tooltip="Seed of masks, crops and loser sampling.")),
+                "seed": seed_input("Seed of masks, crops and loser sampling."),
             },
             "optional": {
                 "images": ("IMAGE", {"tooltip": "A clean source clip (frames without the object to remove)."}),
@@ -116,24 +114,6 @@ class RRDPOBuildPreferencePairs:
         return (PairsHandle(str(out_dir), len(dataset)), summary, pair_preview(dataset))
 
 
-def _plots_image(paths: dict) -> torch.Tensor:
-    """The trainer's PNG plots side by side as one IMAGE [1, H, W, 3]."""
-    import cv2
-
-    if "dashboard" in paths:  # all panels in one figure; the rest are the same panels one by one
-        paths = {"dashboard": paths["dashboard"]}
-    images = []
-    for path in paths.values():
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if img is not None:
-            images.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
-    if not images:
-        return torch.zeros(1, 64, 64, 3)
-    height = max(i.shape[0] for i in images)
-    padded = [np.pad(i, ((0, height - i.shape[0]), (0, 0), (0, 0)), constant_values=255) for i in images]
-    return torch.from_numpy(np.concatenate(padded, axis=1)).float()[None] / 255.0
-
-
 class RRDPOTrainer:
     DESCRIPTION = (
         "Train a Region-DPO LoRA on the main UNet with the Region-Reg-DPO loss: zone-weighted DPO (alpha) plus a "
@@ -160,7 +140,7 @@ class RRDPOTrainer:
         return {
             "required": {
                 "diffueraser": ("DIFFUERASER", {"tooltip": "The base model (a PCM LoRA, if loaded, stays on in both policy and reference)."}),
-                "conditioning": ("CONDITIONING", {"tooltip": "CLIPTextEncode of the empty prompt (SD1.5 CLIP)."}),
+                "conditioning": CONDITIONING_INPUT,
                 "pairs": ("RRDPO_PAIRS", {"tooltip": "From Build Preference Pairs."}),
                 "lora_name": ("STRING", {"default": "region_dpo_lora", "tooltip": "File name of the LoRA in models/loras/rrdpo/."}),
                 "steps": ("INT", {"default": 200, "min": 1, "max": 1000000, "tooltip": "Optimizer steps."}),
@@ -176,7 +156,7 @@ class RRDPOTrainer:
                 "band_px": ("INT", {"default": 8, "min": 0, "max": 64, "tooltip": "Boundary band width in pixels."}),
                 "grad_accum": ("INT", {"default": 1, "min": 1, "max": 1024, "tooltip": "Gradient accumulation steps."}),
                 "checkpoint_every": ("INT", {"default": 100, "min": 1, "max": 100000, "tooltip": "Checkpoint interval (steps); a re-run resumes."}),
-                "seed": ("INT", dict(SEED_OPTS, tooltip="Seed of noise, timesteps and data order.")),
+                "seed": seed_input("Seed of noise, timesteps and data order."),
             },
             "optional": {
                 "vae": ("VAE", {"tooltip": "Only needed if the pairs were stored without latents."}),
@@ -240,7 +220,9 @@ class RRDPOTrainer:
         report = f"{memory_line}\n{report}"
         if result.resumed_from:
             report = f"resumed from the checkpoint of step {result.resumed_from} in {run_dir}\n{report}"
-        plots = _plots_image(result.plots)
+        from ..rrdpo_core.train.plots import plots_image
+
+        plots = torch.from_numpy(plots_image(result.plots))[None]
         return {"ui": {"text": [report]},
                 "result": (diffueraser.with_lora(str(target), 1.0), str(target), plots, report)}
 

@@ -40,11 +40,10 @@ def shared_data() -> Path:
 
 
 class _ProgressBar:
-    """Like comfy.utils.ProgressBar with the hook main.py installs: every update is recorded (with
-    its time) and is an interrupt point, exactly as in a running ComfyUI server."""
+    """Like comfy.utils.ProgressBar with the hook main.py installs: every update is recorded and
+    is an interrupt point, exactly as in a running ComfyUI server."""
 
     updates: list = []
-    times: list = []
     hook = None  # set by the fixture: the server hook's interrupt check
 
     def __init__(self, total, node_id=None):
@@ -59,7 +58,6 @@ class _ProgressBar:
             self.total = total
         self.current = min(value, self.total)
         _ProgressBar.updates.append((self.current, self.total))
-        _ProgressBar.times.append(__import__("time").monotonic())
         if _ProgressBar.hook is not None:
             _ProgressBar.hook()
 
@@ -70,12 +68,15 @@ class InterruptProcessingException(Exception):
 
 @pytest.fixture
 def comfy_stubs(tmp_path, monkeypatch):
-    """Install fake ``folder_paths`` / ``comfy.utils`` / ``comfy.model_management`` modules.
+    """Install fake ``folder_paths`` / ``comfy.utils`` / ``comfy.model_management`` /
+    ``comfy.model_patcher`` / ``comfy.weight_adapter`` modules (the last two: tests/comfy_patcher_stub.py).
 
     Yields a namespace with ``models_dir``, ``output_dir``, ``temp_dir``, ``progress`` (list of
     (value, total) updates) and ``interrupt()`` to simulate the user pressing Cancel.
     """
     import types
+
+    import comfy_patcher_stub
 
     models_dir = tmp_path / "models"
     out_dir, tmp_dir = tmp_path / "output", tmp_path / "temp"
@@ -118,7 +119,6 @@ def comfy_stubs(tmp_path, monkeypatch):
     comfy = types.ModuleType("comfy")
     utils = types.ModuleType("comfy.utils")
     _ProgressBar.updates = []
-    _ProgressBar.times = []
     utils.ProgressBar = _ProgressBar
     mm = types.ModuleType("comfy.model_management")
     mm.InterruptProcessingException = InterruptProcessingException
@@ -143,8 +143,11 @@ def comfy_stubs(tmp_path, monkeypatch):
     mm.intermediate_device = lambda: __import__("torch").device("cpu")
     mm.free_memory = lambda *a, **k: None
     mm.soft_empty_cache = lambda *a, **k: None
+    model_patcher, weight_adapter = comfy_patcher_stub.install(mm)  # load_models_gpu and a minimal ModelPatcher
     comfy.utils, comfy.model_management = utils, mm
-    for name, mod in (("folder_paths", fp), ("comfy", comfy), ("comfy.utils", utils), ("comfy.model_management", mm)):
+    comfy.model_patcher, comfy.weight_adapter = model_patcher, weight_adapter
+    for name, mod in (("folder_paths", fp), ("comfy", comfy), ("comfy.utils", utils), ("comfy.model_management", mm),
+                      ("comfy.model_patcher", model_patcher), ("comfy.weight_adapter", weight_adapter)):
         monkeypatch.setitem(sys.modules, name, mod)
 
     ns = types.SimpleNamespace(
@@ -156,7 +159,8 @@ def comfy_stubs(tmp_path, monkeypatch):
         # Press Cancel once the n-th progress update (counted from the fixture's start) has been made.
         interrupt_after=lambda n: state.__setitem__("after", int(n)),
         is_interrupted=lambda: state["interrupted"],
-        progress_times=_ProgressBar.times,
+        # What ComfyUI does when it needs the memory: unload every model (weight patches taken out).
+        unload_all=mm.unload_all_models,
         folder_paths=fp,
     )
     yield ns

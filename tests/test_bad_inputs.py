@@ -10,6 +10,7 @@ once per module and only when a case needs them; a case that damages a file copi
 """
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import shutil
@@ -32,6 +33,7 @@ if __name__ == "__main__":  # run as a script to count the cases: make the check
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _helpers import drifting_clip  # noqa: E402
 from rrdpo_core.errors import RrdpoInputError  # noqa: E402
 
 T, H, W = 6, 32, 32
@@ -83,10 +85,7 @@ class CliFailed(Exception):
 
 
 def smooth_frames(t: int = T, h: int = H, w: int = W, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    base = torch.rand(1, 3, max(2, h // 8), max(2, w // 8), generator=g)
-    img = F.interpolate(base, size=(h, w), mode="bicubic", align_corners=False)[0].clamp(0, 1)
-    return torch.stack([torch.roll(img, shifts=i, dims=2).permute(1, 2, 0) for i in range(t)]).contiguous()
+    return drifting_clip(seed, t, h, w)
 
 
 def box_masks(t: int = T, h: int = H, w: int = W) -> torch.Tensor:
@@ -216,7 +215,9 @@ def node(node_id: str):
 def handle_for(model):
     """A DIFFUERASER wire value around ``model`` (what Load DiffuEraser returns)."""
     mod = sys.modules[type(node("RRDPOApplyRegionDPOLoRA")).__module__]
-    return mod.DiffuEraserHandle(model=model, name="tiny", compute_dtype=torch.float32)
+    memory = importlib.import_module(mod.__name__.rsplit(".", 1)[0] + "._memory")
+    return mod.DiffuEraserHandle(model=model, name="tiny", compute_dtype=torch.float32,
+                                 patcher=memory.make_patcher(model))
 
 
 def rewrite_safetensors(path: Path, change: Callable[[dict[str, torch.Tensor]], None]) -> Path:

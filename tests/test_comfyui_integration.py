@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest

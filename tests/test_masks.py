@@ -57,9 +57,13 @@ def test_random_masks_nonempty_and_moving_when_asked():
     for seed in range(5):
         m = random_mask_sequence(10, 64, 96, seed=seed, static_prob=0.0)
         assert (m.flatten(1).sum(1) > 0).all(), "every frame has a hole"
-        # region sizes are between a third of the frame and the whole frame
-        ys, xs = torch.nonzero(m[0], as_tuple=True)
-        assert ys.max() - ys.min() + 1 <= 64 and xs.max() - xs.min() + 1 <= 96
+        # one shape, drawn in a region smaller than the frame, moved whole: never cropped at the border
+        crops = []
+        for frame in m:
+            ys, xs = torch.nonzero(frame, as_tuple=True)
+            crops.append(frame[ys.min():ys.max() + 1, xs.min():xs.max() + 1])
+        assert crops[0].shape[0] < 64 and crops[0].shape[1] < 96, crops[0].shape
+        assert all(torch.equal(c, crops[0]) for c in crops), f"seed {seed}: the shape changed between frames"
     moved = [not torch.equal(random_mask_sequence(10, 64, 96, seed=s, static_prob=0.0)[0],
                              random_mask_sequence(10, 64, 96, seed=s, static_prob=0.0)[-1]) for s in range(6)]
     assert any(moved)

@@ -8,7 +8,7 @@ import pytest
 from pack import load_pack
 
 COMFY_TYPES = {"IMAGE", "MASK", "LATENT", "VAE", "CONDITIONING", "STRING", "INT", "FLOAT", "BOOLEAN", "MODEL",
-               "DIFFUERASER", "RRDPO_PAIRS", "RRDPO_PRIOR_MODEL"}
+               "DIFFUERASER", "RRDPO_PAIRS", "RRDPO_PRIOR_MODEL", "RRDPO_PRIOR_LATENTS"}
 
 
 def _nodes():

@@ -47,9 +47,9 @@ def test_sampler_and_prior_latents_pad_by_reflection_and_crop_back(handle):
 
     latent, report = node("RRDPOPriorLatents").prepare(handle, vae, _cond(), frames, mask, frames, "noise", 999, 2,
                                                         "ddim", 3)
-    assert latent["samples"].shape == (T, 4, 8, 11) and "padded" in report
+    assert latent.latents.shape == (T, 4, 8, 11) and "padded" in report
     out2, _ = node("RRDPODiffuEraserSampler").sample(handle, vae, _cond(), frames, mask, 2, "ddim", 3, 0.0,
-                                                      latent=latent)
+                                                      prior_latents=latent)
     torch.testing.assert_close(out2, out, rtol=1e-4, atol=1e-4)  # same seed, same start, same padding
 
     aligned = frames[:, :56, :80]

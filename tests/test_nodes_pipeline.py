@@ -90,13 +90,16 @@ def test_sampler_prior_latents_and_blend(tiny_model):
     with pytest.raises(ValueError, match="PCM"):
         node("RRDPODiffuEraserSampler").sample(handle, vae, _cond(), frames, mask, 2, "tcd", 0, 0.0, prior=prior)
     latent, _ = node("RRDPOPriorLatents").prepare(handle, vae, _cond(), frames, mask, prior, "noise", 999, 2, "ddim", 3)
-    assert latent["samples"].shape == (T, 4, H // 8, W // 8)
+    assert latent.latents.shape == (T, 4, H // 8, W // 8)
     out1, _ = node("RRDPODiffuEraserSampler").sample(handle, vae, _cond(), frames, mask, 2, "ddim", 3, 0.0,
-                                                      latent=latent)
+                                                      prior_latents=latent)
     out2, _ = node("RRDPODiffuEraserSampler").sample(handle, vae, _cond(), frames, mask, 2, "ddim", 3, 0.0,
                                                       prior=prior)
     assert out1.shape == frames.shape and torch.isfinite(out1).all()
     torch.testing.assert_close(out1, out2, rtol=1e-4, atol=1e-4)  # same seed, same start
+    with pytest.raises(ValueError, match="Prior Latents node"):  # a ComfyUI LATENT is not our start latents
+        node("RRDPODiffuEraserSampler").sample(handle, vae, _cond(), frames, mask, 2, "ddim", 3, 0.0,
+                                               prior_latents={"samples": latent.latents})
     with pytest.raises(ValueError, match="conditioning"):
         node("RRDPODiffuEraserSampler").sample(handle, vae, _cond(dim=768), frames, mask, 2, "ddim", 3, 0.0)
     blended, _ = node("RRDPOBlendIntoVideo").blend(frames, out1, mask, "gaussian")
@@ -159,7 +162,8 @@ def test_model_nodes_tick_through_vae_work_and_pair_building(tiny_model):
     ticks = tiny_model.progress[start:]
     assert len(ticks) == 2 and ticks[-1] == (2, 2)  # 6 frames = 2 VAE batches of the prior
     start = len(tiny_model.progress)
-    node("RRDPODiffuEraserSampler").sample(handle, vae, _cond(), frames, mask, 2, "ddim", 3, 0.0, latent=latent)
+    node("RRDPODiffuEraserSampler").sample(handle, vae, _cond(), frames, mask, 2, "ddim", 3, 0.0,
+                                           prior_latents=latent)
     ticks = tiny_model.progress[start:]
     assert ticks[-1] == (6, 6) and [v for v, _ in ticks] == list(range(1, 7))  # encode 2 + 2 windows + decode 2
     start = len(tiny_model.progress)

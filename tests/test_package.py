@@ -1,9 +1,12 @@
 """The pack imports the way ComfyUI imports it, and the library never needs ComfyUI."""
 from __future__ import annotations
 
+import ast
+import re
 import subprocess
 import sys
-import tomllib
+
+import pytest
 
 from conftest import REPO_ROOT
 from pack import load_pack
@@ -31,8 +34,16 @@ def test_core_library_never_imports_comfyui():
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)
 
 
+def _toml():
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10, which requires-python allows: tomli is the same parser
+        tomllib = pytest.importorskip("tomli", reason="Python 3.10 reads TOML with tomli (requirements-test.txt)")
+    return tomllib
+
+
 def test_registry_metadata():
-    meta = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    meta = _toml().loads((REPO_ROOT / "pyproject.toml").read_text())
     project = meta["project"]
     assert project["name"] and "comfyui" not in project["name"].lower()
     major, minor, patch = project["version"].split(".")
@@ -59,3 +70,17 @@ def test_tests_run_from_a_checkout_whose_folder_name_has_a_hyphen(tmp_path):
                           "-k", "threshold"], cwd=clone, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert "1 passed" in run.stdout
+
+
+def test_sources_parse_as_the_oldest_python_requires_python_allows():
+    """requires-python and the code agree: no syntax newer than the minimum version (read without a TOML parser)."""
+    found = re.search(r'^requires-python\s*=\s*">=\s*3\.(\d+)"', (REPO_ROOT / "pyproject.toml").read_text(), re.M)
+    assert found, "pyproject.toml: requires-python should read \">=3.N\""
+    oldest = (3, int(found.group(1)))
+    files = [p for p in REPO_ROOT.rglob("*.py") if not {".git", ".venv", ".comfyui"} & set(p.parts)]
+    assert len(files) > 50
+    for path in files:
+        try:
+            ast.parse(path.read_text(), filename=str(path), feature_version=oldest)
+        except SyntaxError as err:
+            pytest.fail(f"{path.relative_to(REPO_ROOT)} does not parse as Python {oldest[0]}.{oldest[1]}: {err}")

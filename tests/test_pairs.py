@@ -7,16 +7,17 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import rrdpo_core
 
+from _helpers import drifting_clip
 from rrdpo_core.errors import Cancelled, RrdpoInputError
 from rrdpo_core.pairs import (
     LOSER_KINDS,
@@ -31,12 +32,7 @@ from rrdpo_core.pairs import (
 REPO = Path(rrdpo_core.__file__).resolve().parents[1]  # the checkout that holds the package
 
 
-def clip(seed: int, frames: int = 8, size: int = 64) -> torch.Tensor:
-    """A smooth random texture drifting right by one pixel per frame, (T, H, W, 3) in [0, 1]."""
-    g = torch.Generator().manual_seed(seed)
-    base = torch.rand(1, 3, size // 8, size // 8, generator=g)
-    img = F.interpolate(base, size=(size, size), mode="bicubic", align_corners=False)[0].clamp(0, 1)
-    return torch.stack([torch.roll(img, shifts=t, dims=2).permute(1, 2, 0) for t in range(frames)])
+clip = partial(drifting_clip, frames=8)  # (T, H, W, 3) texture drifting right, tests/_helpers.py
 
 
 def cheap_loser(frames, hole, seeds):

@@ -278,7 +278,6 @@ def test_source_map_says_how_each_pixel_was_made():
 
 
 def test_torch_path_agrees_with_the_numpy_path():
-    pytest.importorskip("kornia")
     c = make_synthetic_clip(8, 48, 64, seed=2)
     frames, masks = c.frames.numpy(), c.masks.numpy()
     masks = masks.copy()

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 
 import rrdpo_core
 
+from _helpers import drifting_clip
 from rrdpo_core.errors import Cancelled
 from rrdpo_core.lora import add_lora_adapter, list_adapters
 from rrdpo_core.models.testing import tiny_diffueraser
@@ -30,11 +32,7 @@ REPO = Path(rrdpo_core.__file__).resolve().parents[1]  # the checkout that holds
 LN2 = float(torch.tensor(math.log(2.0), dtype=torch.float32))
 
 
-def clip(seed: int, frames: int = 6, size: int = 64) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    base = torch.rand(1, 3, size // 8, size // 8, generator=g)
-    img = F.interpolate(base, size=(size, size), mode="bicubic", align_corners=False)[0].clamp(0, 1)
-    return torch.stack([torch.roll(img, shifts=t, dims=2).permute(1, 2, 0) for t in range(frames)])
+clip = partial(drifting_clip, frames=6)  # (T, H, W, 3) texture drifting right, tests/_helpers.py
 
 
 def blurry_loser(frames, hole, seeds):

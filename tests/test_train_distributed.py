@@ -12,13 +12,14 @@ import shutil
 import socket
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import rrdpo_core
+from _helpers import drifting_clip
 from rrdpo_core.pairs import LOSER_KINDS, LoserGenerator, build_preference_pairs
 from rrdpo_core.region_lora import apply_region_lora, load_region_lora
 from rrdpo_core.train import TrainConfig, train_region_dpo
@@ -27,11 +28,7 @@ from rrdpo_core.train.logging import read_log
 REPO = Path(rrdpo_core.__file__).resolve().parents[1]
 
 
-def clip(seed: int, frames: int = 4, size: int = 64) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    base = torch.rand(1, 3, size // 8, size // 8, generator=g)
-    img = F.interpolate(base, size=(size, size), mode="bicubic", align_corners=False)[0].clamp(0, 1)
-    return torch.stack([torch.roll(img, shifts=t, dims=2).permute(1, 2, 0) for t in range(frames)])
+clip = partial(drifting_clip, frames=4)  # (T, H, W, 3) texture drifting right, tests/_helpers.py
 
 
 def darker(frames, hole, seeds):

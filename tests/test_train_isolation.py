@@ -5,12 +5,14 @@ import math
 import os
 import random
 import signal
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from _helpers import drifting_clip
 from rrdpo_core.errors import Cancelled
 from rrdpo_core.models.testing import tiny_diffueraser, write_tiny_diffueraser
 from rrdpo_core.pairs import LOSER_KINDS, LoserGenerator, build_preference_pairs
@@ -20,11 +22,7 @@ from rrdpo_core.train.isolation import ModelChangedError, model_digest, preserve
 from rrdpo_core.train.process import TrainingProcessError, run_training_in_process
 
 
-def _clip(seed: int, frames: int = 4, size: int = 64) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    base = torch.rand(1, 3, size // 8, size // 8, generator=g)
-    img = F.interpolate(base, size=(size, size), mode="bicubic", align_corners=False)[0].clamp(0, 1)
-    return torch.stack([torch.roll(img, shifts=t, dims=2).permute(1, 2, 0) for t in range(frames)])
+_clip = partial(drifting_clip, frames=4)  # (T, H, W, 3) texture drifting right, tests/_helpers.py
 
 
 def _blurry(frames, hole, seeds):

@@ -106,7 +106,7 @@ def diffueraser_removal_with_lora(Workflow):
     latent = wf.add("RRDPOPriorLatents", title="Prior Latents", diffueraser=model[0], vae=vae[0], conditioning=cond[0], images=clip[0],
                     mask=mask[0], prior=prior[0], mode="noise", t_start=999, steps=2, scheduler="tcd", seed=0)
     sampled = wf.add("RRDPODiffuEraserSampler", diffueraser=model[0], vae=vae[0], conditioning=cond[0],
-                     images=clip[0], mask=mask[0], latent=latent[0], steps=2, scheduler="tcd", seed=0)
+                     images=clip[0], mask=mask[0], prior_latents=latent[0], steps=2, scheduler="tcd", seed=0)
     if len(wf.outputs("RRDPODiffuEraserSampler")) > 1:  # what the sampler adjusted: padding, a shared mask
         wf.add("PreviewAny", title="Preview Any (sampler report)", source=sampled[1])
     blended = wf.add("RRDPOBlendIntoVideo", original=clip[0], generated=sampled[0], mask=mask[0])

@@ -22,8 +22,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..fsutil import atomic_write_bytes
+from ..visualize import figure_rgb, new_figure
 
-__all__ = ["render_plots", "PLOT_NAMES"]
+__all__ = ["render_plots", "plots_image", "PLOT_NAMES"]
 
 PLOT_NAMES = ("dgr", "gaps", "loss", "zone_errors", "dpo_share", "accuracy")  # grid order; loss last in row 1
 # so its right-hand axis (L_dpo) has the figure margin to itself
@@ -74,6 +75,28 @@ def _write_png(rgb: "np.ndarray", path: Path) -> Path:
     return atomic_write_bytes(path, buf.tobytes())
 
 
+def plots_image(paths: dict[str, str | os.PathLike]) -> np.ndarray:
+    """The PNGs of :func:`render_plots` as one picture, ``(H, W, 3)`` float32 RGB in [0, 1].
+
+    The dashboard alone when there is one (it holds every panel); otherwise the panels side by
+    side, top-aligned on white. Unreadable files are left out; with none a 64x64 black image.
+    """
+    import cv2
+
+    if "dashboard" in paths:
+        paths = {"dashboard": paths["dashboard"]}
+    images = []
+    for path in paths.values():
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if img is not None:
+            images.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+    if not images:
+        return np.zeros((64, 64, 3), np.float32)
+    height = max(i.shape[0] for i in images)
+    padded = [np.pad(i, ((0, height - i.shape[0]), (0, 0), (0, 0)), constant_values=255) for i in images]
+    return np.concatenate(padded, axis=1).astype(np.float32) / 255.0
+
+
 def render_plots(
     records: Sequence[dict[str, Any]], out_dir: str | os.PathLike, beta: float | None = None
 ) -> dict[str, Path]:
@@ -83,18 +106,13 @@ def render_plots(
     ``zone_errors``, ``dpo_share``, ``accuracy``) and ``dashboard`` with all of them. The figure
     is drawn once and the panels are cut out of it (drawing is the slow part).
     """
-    # Figure objects with the Agg canvas, not pyplot: no global backend switch and no figure
-    # registry, so this is safe inside a GUI process (ComfyUI) and from threads.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not records:
         return {}
-    fig = Figure(figsize=(16.5, 8.4), dpi=90)
-    canvas = FigureCanvasAgg(fig)
+    fig = new_figure(16.5, 8.4, dpi=90)  # Agg canvas, no pyplot: safe in ComfyUI's worker thread
     grid = fig.subplots(2, 3, squeeze=False)
     fig.subplots_adjust(left=0.05, right=0.95, top=0.95, bottom=0.07, wspace=0.3, hspace=0.32)
     panels = dict(zip(PLOT_NAMES, grid.reshape(-1)))
@@ -157,8 +175,7 @@ def render_plots(
         if not drew[name]:
             ax.text(0.5, 0.5, "not logged by this objective", ha="center", va="center", transform=ax.transAxes,
                     color="gray")
-    canvas.draw()
-    rgb = np.asarray(canvas.buffer_rgba())[..., :3]
+    rgb = figure_rgb(fig)
     paths = {"dashboard": _write_png(rgb, out_dir / "dashboard.png")}
     # Each panel's image is its grid cell: from half-way to the neighbouring panel (or the
     # figure edge) on every side, so tick labels and titles come along without a layout pass.

@@ -1,10 +1,14 @@
 """ProPainter (Zhou et al., ICCV 2023) as DiffuEraser's prior, from the official weights.
 
-Our own implementation of ProPainter's inference path - RAFT flow, recurrent flow completion,
-dual-domain propagation and the mask-guided sparse transformer - that loads the user's copies of
-the three released checkpoints (``raft-things.pth``, ``recurrent_flow_completion.pth``,
-``ProPainter.pth``) key for key. ProPainter's code and weights are under the NTU S-Lab License 1.0
-(non-commercial); this code is ours, the weights are the user's. Nothing is downloaded.
+A re-implementation of ProPainter's architecture and inference path - RAFT flow, recurrent flow
+completion, dual-domain propagation and the mask-guided sparse transformer - that follows
+ProPainter's code (github.com/sczhou/ProPainter) closely, module for module, so that it loads the
+user's copies of the three released checkpoints (``raft-things.pth``,
+``recurrent_flow_completion.pth``, ``ProPainter.pth``) key for key. Because it is derived from
+ProPainter's code, this sub-package (``rrdpo_core/prior/propainter/``) is under the S-Lab License
+1.0 (non-commercial use only; the text is in ``LICENSE`` beside this file), like the weights; the
+rest of the pack is Apache-2.0 and works without it (the flow prior needs no weights). Nothing is
+downloaded.
 
     models = load_propainter("models/propainter", device="cuda", dtype=torch.float16)
     prior = propainter_prior(frames, masks, models, progress=..., cancel=...)
