@@ -16,13 +16,14 @@ import numpy as np
 import torch
 
 from .inputs import check_inputs, pad_to_multiple
+from .precision import resolve_device_dtype
 from .pipeline import DiffuEraserPipeline
 from .progress import CancelFn, ProgressFn
 from .schedulers import needs_pcm_lora
 from .text_embeddings import resolve_text_embeds
 from .vae import load_vae
 
-__all__ = ["find_pcm_lora", "resolve_device_dtype", "remove_objects"]
+__all__ = ["find_pcm_lora", "remove_objects"]
 
 
 def find_pcm_lora(model_dir: str | os.PathLike, steps: int) -> Path | None:
@@ -39,25 +40,6 @@ def find_pcm_lora(model_dir: str | os.PathLike, steps: int) -> Path | None:
         if (folder / name).is_file():
             return folder / name
     return None
-
-
-def resolve_device_dtype(device: Any = None, dtype: Any = None) -> tuple[torch.device, torch.dtype]:
-    """The device (None: CUDA if available, else the CPU) and the weights' dtype (None: fp16 on CUDA,
-    fp32 on the CPU; a name such as ``"bf16"`` or a torch dtype). Half precision on the CPU warns and
-    falls back to fp32."""
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if dtype is None:
-        return device, (torch.float16 if device.type == "cuda" else torch.float32)
-    if isinstance(dtype, str):
-        names = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-                 "fp32": torch.float32, "float32": torch.float32}
-        if dtype.lower() not in names:
-            raise ValueError(f"dtype must be one of {sorted(names)}, got {dtype!r}")
-        dtype = names[dtype.lower()]
-    if device.type == "cpu" and dtype != torch.float32:
-        warnings.warn("half precision on the CPU is slow and inexact; using float32", stacklevel=3)
-        dtype = torch.float32
-    return device, dtype
 
 
 def remove_objects(

@@ -13,7 +13,7 @@ from rrdpo_core.train.config import TrainConfig
 from rrdpo_core.train.batching import Batcher
 from rrdpo_core.train.pair_step import PairStep
 from rrdpo_core.vae import make_tiny_vae
-from test_train import clip
+from _helpers import drifting_clip as clip
 
 
 def _darker(frames, hole, seeds):

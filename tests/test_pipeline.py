@@ -381,7 +381,7 @@ def test_padding_keeps_pixels_and_prior_is_resized():
 
 
 def test_fp32_on_cpu_whatever_is_asked():
-    from rrdpo_core.api import resolve_device_dtype as _resolve_device_dtype
+    from rrdpo_core.precision import resolve_device_dtype as _resolve_device_dtype
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
