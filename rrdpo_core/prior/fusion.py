@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from .membrane import harmonic_fill
-from .motion import FlowField, bilinear
+from .motion import FlowField, bilinear, sample_by_frame
 
 __all__ = ["KnownSampler", "fuse_candidates", "colour_offset", "spatial_fill", "ring_of"]
 
@@ -74,13 +74,7 @@ class KnownSampler:
 
     def sample(self, s: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Colours (N, 3) of frames ``s`` at ``(x, y)``, and ``ok`` (N,): some known pixel was under them."""
-        acc = np.zeros((len(s), 4), np.float32)
-        order = np.argsort(s.astype(np.int16) if len(self.holes) < 2**15 else s, kind="stable")  # radix sort
-        frames_used, starts = np.unique(s[order], return_index=True)
-        ends = np.append(starts[1:], len(s))
-        for frame, a, b in zip(frames_used, starts, ends):
-            sel = order[a:b]
-            acc[sel] = bilinear(self._premultiplied(int(frame)), x[sel], y[sel])
+        acc = sample_by_frame(self._premultiplied, s, x, y, 4)
         ok = acc[:, 3] > 1e-3
         colour = np.zeros((len(s), 3), np.float32)
         colour[ok] = acc[ok, :3] / acc[ok, 3:]
