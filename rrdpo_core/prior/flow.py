@@ -20,8 +20,9 @@ without any learned weights:
    the destination's exposure (a per-frame gain curve, :func:`.motion.exposure_curve`), and the
    remaining mismatch on a ring of known pixels around the hole is carried into the hole as a
    membrane (a gradient-domain blend).
-4. **Spatial fill** of never-seen pixels: the membrane of the pixels around, carried from frame
-   to frame along the flow so it does not flicker.
+4. **Spatial fill** of never-seen pixels: the mean of Telea and the membrane of the pixels around
+   (:func:`.fusion.spatial_fill_frame`), carried from frame to frame along the flow so it does not
+   flicker.
 
 The result has a *visibility* map (1 where the pixel is known or was seen in another frame) and a
 *source map* saying how each pixel was made (:data:`SOURCE_KNOWN`, :data:`SOURCE_COPIED`,
@@ -84,6 +85,7 @@ class PriorSettings:
     sigma: float
     tolerance: float
     ring: int
+    radius: int = 5
 
 
 class _Steps:
@@ -131,8 +133,8 @@ def flow_propagation_prior(
             inside them is replaced by the completed flow. DIS flow is biased for about a patch
             width around a hole (the filled-in hole looks static to it), hence the default 16.
         fusion_sigma: temporal distance (frames) over which a candidate's weight falls by 1/e.
-        spatial_fill_radius: radius of the Telea fill when ``spatial_fill="telea"`` is used
-            internally for comparison (the default membrane fill has no radius).
+        spatial_fill_radius: radius of the Telea half of the spatial fill of never-seen pixels
+            (the mean of Telea and the membrane, :func:`.fusion.spatial_fill_frame`).
         candidates_per_direction: sources kept per hole pixel in the past and in the future (>= 2).
         candidate_gap: least frame distance between a pixel's sources below the nearest one, so
             that an object covering a location for a few frames cannot fill every slot.
@@ -170,7 +172,7 @@ def flow_propagation_prior(
         raise RrdpoInputError(f"fusion_tolerance must lie in (0, 1] and colour_ring be >= 0, got "
                               f"{fusion_tolerance} and {colour_ring}")
     settings = PriorSettings(slots=int(candidates_per_direction), gap=int(candidate_gap), sigma=float(fusion_sigma),
-                             tolerance=float(fusion_tolerance), ring=int(colour_ring))
+                             tolerance=float(fusion_tolerance), ring=int(colour_ring), radius=int(spatial_fill_radius))
 
     hole_count = int(holes.sum())
     if hole_count == 0:
@@ -191,7 +193,7 @@ def flow_propagation_prior(
             out, source = propagate_torch(video, holes, [], [], settings, torch.device(device), steps.step)
         else:
             out = video
-            spatial_fill(out, holes.copy(), None)
+            spatial_fill(out, holes.copy(), None, radius=settings.radius)
         return _result(out, source, hole_count, 0.0, t_start, {})
 
     # 1. Flow at working resolution, both directions, completed inside the holes.
@@ -297,5 +299,5 @@ def _propagate_numpy(video: np.ndarray, holes: np.ndarray, fwd, bwd, cfg: PriorS
             distance_count += int(used.sum())
         step()
     if unseen.any():
-        spatial_fill(out, unseen, bwd)
+        spatial_fill(out, unseen, bwd, radius=cfg.radius)
     return out, source, distance_sum / max(1, distance_count)
