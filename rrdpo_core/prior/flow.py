@@ -11,9 +11,7 @@ without any learned weights:
    the nearest frame, which may show a moving object there. Each source weighs by its temporal
    distance and by how well its own motion (raw DIS) agrees with the background motion there
    (the completed flow, :func:`.motion.motion_agreement`): an object that moves unlike the
-   background, or stands still while the camera pans, gets a weight near 0. A pixel whose motion
-   fails that check (beyond 2 sigma) never enters a list, so it cannot push an older usable
-   source off it.
+   background, or stands still while the camera pans, gets a weight near 0.
 3. **Fusion** (:mod:`.fusion`): the candidate colours are fused robustly (weighted medoid and
    the cluster that agrees with it), so an object crossing the source location in some of the
    frames is outvoted, then matched to the frame they land in: each source is first brought to
@@ -45,8 +43,7 @@ from ..errors import Cancelled, RrdpoInputError
 from ..video_io import as_frames, as_masks, to_tensor
 from .fusion import KnownSampler, colour_offset, fuse_candidates, ring_of, spatial_fill
 from .membrane import harmonic_fill
-from .motion import (DIS_PRESETS, agreement_map, completed_flows, exposure_curve, motion_agreement,
-                     motion_check_stack)
+from .motion import DIS_PRESETS, completed_flows, exposure_curve, motion_agreement, motion_check_stack
 from .preview import SOURCE_COPIED, SOURCE_FUSED, SOURCE_KNOWN, SOURCE_SPATIAL
 from .sources import track_sources
 
@@ -251,10 +248,8 @@ def _propagate_numpy(video: np.ndarray, holes: np.ndarray, fwd, bwd, cfg: PriorS
     targets, hole_counts = targets_of(holes, cfg.ring)
     checks = (motion_check_stack(fwd, bwd, towards_past=True), motion_check_stack(fwd, bwd, towards_past=False))
     curve = exposure_curve(video, holes, fwd)
-    past = track_sources(holes, fwd, bwd, targets, forward=True, slots=cfg.slots, gap=cfg.gap,
-                         usable=lambda s: agreement_map(checks[0][s], (height, width)), step=step)
-    future = track_sources(holes, fwd, bwd, targets, forward=False, slots=cfg.slots, gap=cfg.gap,
-                           usable=lambda s: agreement_map(checks[1][s], (height, width)), step=step)
+    past = track_sources(holes, fwd, bwd, targets, forward=True, slots=cfg.slots, gap=cfg.gap, step=step)
+    future = track_sources(holes, fwd, bwd, targets, forward=False, slots=cfg.slots, gap=cfg.gap, step=step)
     # ``video`` is read only outside the holes and written only inside them, so one array
     # serves as both the source of propagation and the output.
     out = video

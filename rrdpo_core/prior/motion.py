@@ -23,7 +23,7 @@ from .membrane import harmonic_fill
 
 __all__ = ["DIS_PRESETS", "FlowField", "completed_flows", "consistent", "bilinear", "working_size", "motion_check_stack",
            "MOTION_SIGMA_PX", "MOTION_SIGMA_REL",
-           "MOTION_MIN_AGREEMENT", "motion_agreement", "agreement_map", "bilinear_frames", "sample_by_frame", "exposure_curve"]
+           "MOTION_MIN_AGREEMENT", "motion_agreement", "bilinear_frames", "sample_by_frame", "exposure_curve"]
 
 DIS_PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
@@ -315,23 +315,6 @@ def motion_agreement(stack: np.ndarray, full_hw: tuple[int, int], f: np.ndarray,
     sigma = MOTION_SIGMA_PX + MOTION_SIGMA_REL * np.sqrt(bx * bx + by * by)
     agree = np.exp(-(ex * ex + ey * ey) / (2 * sigma * sigma)).astype(np.float32)
     return np.where(agree >= MOTION_MIN_AGREEMENT, agree, 0.0).astype(np.float32)
-
-
-def agreement_map(check: np.ndarray, full_hw: tuple[int, int]) -> np.ndarray:
-    """:func:`motion_agreement` at every full-resolution pixel of one frame: ``(H, W)`` bool, agreement > 0.
-
-    ``check`` is one frame ``(h, w, 4)`` of :func:`motion_check_stack`, upsampled bilinearly with
-    half-pixel centres (as :meth:`FlowField.dense`): the same samples ``motion_agreement`` reads at
-    integer positions.
-    """
-    h, w = full_hw
-    lh, lw = check.shape[:2]
-    sx, sy = w / lw, h / lh
-    up = check if (lh, lw) == (h, w) else cv2.resize(check, (w, h), interpolation=cv2.INTER_LINEAR)
-    ex, ey, bx, by = up[..., 0] * sx, up[..., 1] * sy, up[..., 2] * sx, up[..., 3] * sy
-    sigma = MOTION_SIGMA_PX + MOTION_SIGMA_REL * np.sqrt(bx * bx + by * by)
-    # exp(-e^2 / (2 sigma^2)) >= MIN  <=>  e^2 <= -2 ln(MIN) sigma^2
-    return (ex * ex + ey * ey) <= (-2.0 * math.log(MOTION_MIN_AGREEMENT)) * sigma * sigma
 
 
 def exposure_curve(video: np.ndarray, holes: np.ndarray, fwd: list[FlowField]) -> np.ndarray:

@@ -83,7 +83,6 @@ def push_own(frame: np.ndarray, x: np.ndarray, y: np.ndarray, known: np.ndarray,
 
 def track_sources(holes: np.ndarray, fwd: list[FlowField], bwd: list[FlowField],
                   targets: list[tuple[np.ndarray, np.ndarray]], *, forward: bool, slots: int, gap: int,
-                  usable: Callable[[int], np.ndarray] | None = None,
                   step: Callable[[], None] = lambda: None) -> list[Candidates]:
     """Sources of the ``targets`` pixels of every frame, in the past (``forward=True``) or the future.
 
@@ -93,16 +92,11 @@ def track_sources(holes: np.ndarray, fwd: list[FlowField], bwd: list[FlowField],
         targets: per frame, ``(ys, xs)`` of the pixels whose sources are wanted.
         slots: sources kept per pixel (>= 2).
         gap: least frame distance between entries below the head.
-        usable: ``usable(t)`` -> ``(H, W)`` bool, the known pixels of frame ``t`` that may be a
-            source (their motion agrees with the background's, :func:`.motion.agreement_map`).
-            A pixel that fusion would reject must not take a slot: it would push an older,
-            usable source off the list. Where a moving hole drags DIS along at its edge, the
-            freshly uncovered background would otherwise fill every slot with rejected sources.
-            None: every known pixel.
     """
     length, height, width = holes.shape
     gy, gx = np.mgrid[0:height, 0:width].astype(np.float32)
-    # Frame indices are kept as float32 (exact up to 2**24). The lists live in one (3 * slots, H, W) array - frames, then x, then y - so that one gather
+    # Frame indices are kept as float32 (exact up to 2**24) so that one OpenCV remap moves them.
+    # The lists live in one (3 * slots, H, W) array - frames, then x, then y - so that one gather
     # moves them all.
     lists = np.zeros((3 * slots, height, width), np.float32)
     frame, x, y = lists[:slots], lists[slots:2 * slots], lists[2 * slots:]
@@ -128,8 +122,7 @@ def track_sources(holes: np.ndarray, fwd: list[FlowField], bwd: list[FlowField],
             np.copyto(frame, np.float32(-1), where=~ok[None])
         else:
             frame.fill(-1)
-        known = ~holes[t] if usable is None else ~holes[t] & usable(t)
-        push_own(frame, x, y, known, t, gap, gx, gy)
+        push_own(frame, x, y, ~holes[t], t, gap, gx, gy)
         ys, xs = targets[t]
         picked = lists.reshape(3 * slots, -1).take(ys.astype(np.int64) * width + xs, axis=1)
         result[t] = Candidates(picked[:slots].astype(np.int32), picked[slots:2 * slots], picked[2 * slots:])

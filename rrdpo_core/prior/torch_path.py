@@ -10,7 +10,6 @@ states the tolerance.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import cv2
@@ -116,21 +115,9 @@ def _bilinear_points(video: torch.Tensor, f: torch.Tensor, x: torch.Tensor, y: t
 # The steps
 
 
-def _agreement_map(check: torch.Tensor, full_hw) -> torch.Tensor:
-    """:func:`rrdpo_core.prior.motion.agreement_map` in torch; ``check`` ``(4, h, w)`` -> ``(H, W)`` bool."""
-    h, w = full_hw
-    lh, lw = check.shape[-2:]
-    sx, sy = w / lw, h / lh
-    up = check if (lh, lw) == (h, w) else F.interpolate(check[None], size=(h, w), mode="bilinear",
-                                                         align_corners=False)[0]
-    ex, ey, bx, by = up[0] * sx, up[1] * sy, up[2] * sx, up[3] * sy
-    sigma = MOTION_SIGMA_PX + MOTION_SIGMA_REL * torch.sqrt(bx * bx + by * by)
-    return (ex * ex + ey * ey) <= (-2.0 * math.log(MOTION_MIN_AGREEMENT)) * sigma * sigma
-
-
-def _track(holes: torch.Tensor, fwd, bwd, targets, *, forward: bool, slots: int, gap: int, check: torch.Tensor,
+def _track(holes: torch.Tensor, fwd, bwd, targets, *, forward: bool, slots: int, gap: int,
            step: Callable[[], None]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """:func:`rrdpo_core.prior.sources.track_sources` in torch, ``usable`` from the motion ``check`` stack."""
+    """:func:`rrdpo_core.prior.sources.track_sources` in torch."""
     from kornia.geometry.transform import remap
 
     length, height, width = holes.shape
@@ -162,7 +149,7 @@ def _track(holes: torch.Tensor, fwd, bwd, targets, *, forward: bool, slots: int,
             frame = torch.where(ok, frame, torch.full_like(frame, -1.0))
         else:
             frame.fill_(-1.0)
-        known = ~holes[t] & _agreement_map(check[t], (height, width))
+        known = ~holes[t]
         shift = known & (frame[0] >= 0) & ((frame[1] < 0) | ((frame[0] - frame[1]).abs() >= gap))
         new = []
         for a, own in ((frame, torch.full_like(gx, float(t))), (x, gx), (y, gy)):
@@ -282,9 +269,8 @@ def propagate_torch(video: np.ndarray, holes: np.ndarray, fwd: list[FlowField], 
         checks = [torch.from_numpy(motion_check_stack(fwd, bwd, towards_past=p)).to(device).permute(0, 3, 1, 2)
                   for p in (True, False)]
         curve = torch.from_numpy(exposure_curve(video, holes, fwd)).to(device)
-        past = _track(hol, fwd, bwd, targets, forward=True, slots=cfg.slots, gap=cfg.gap, check=checks[0], step=step)
-        future = _track(hol, fwd, bwd, targets, forward=False, slots=cfg.slots, gap=cfg.gap, check=checks[1],
-                        step=step)
+        past = _track(hol, fwd, bwd, targets, forward=True, slots=cfg.slots, gap=cfg.gap, step=step)
+        future = _track(hol, fwd, bwd, targets, forward=False, slots=cfg.slots, gap=cfg.gap, step=step)
         for t in range(length):
             ys, xs = targets[t]
             n_hole = hole_counts[t]
