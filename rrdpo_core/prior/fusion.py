@@ -25,7 +25,7 @@ from collections import OrderedDict
 import cv2
 import numpy as np
 
-from .membrane import harmonic_fill
+from .membrane import harmonic_fill, membrane_window
 from .motion import FlowField, bilinear, sample_by_frame
 
 __all__ = ["KnownSampler", "fuse_candidates", "colour_offset", "spatial_fill", "spatial_fill_frame", "telea_fill",
@@ -205,6 +205,24 @@ def telea_fill(frame: np.ndarray, unknown: np.ndarray, radius: int = _TELEA_RADI
     return out
 
 
+def membrane_parts(unknown: np.ndarray) -> list[tuple[int, int, int, int, np.ndarray]]:
+    """The spatial fill's membrane is solved per connected part of ``unknown``, each in its own window.
+
+    Per part ``(y0, y1, x0, x1, part)``: the part's window (:func:`.membrane.membrane_window` of
+    the part: the part and a margin as wide as half of it) and the part's pixels in that window.
+    The membrane is solved for every unknown pixel of the window (other parts inside it stay
+    unknown) and kept for the part's pixels. Scattered small holes (a grid of squares) then cost
+    their own size, not that of a window spanning the frame.
+    """
+    count, labels = cv2.connectedComponents(unknown.astype(np.uint8), connectivity=8)
+    parts = []
+    for k in range(1, count):
+        part = labels == k
+        y0, y1, x0, x1 = membrane_window(part)
+        parts.append((y0, y1, x0, x1, part[y0:y1, x0:x1]))
+    return parts
+
+
 def spatial_fill_frame(frame: np.ndarray, unknown: np.ndarray, method: str = "mean",
                        radius: int = _TELEA_RADIUS) -> np.ndarray:
     """One frame's never-seen pixels filled from the pixels around them (a new array).
@@ -218,7 +236,10 @@ def spatial_fill_frame(frame: np.ndarray, unknown: np.ndarray, method: str = "me
     """
     if method == "telea":
         return telea_fill(frame, unknown, radius)
-    membrane = harmonic_fill(frame, unknown, smooth_iterations=_SPATIAL_SMOOTHING)
+    membrane = frame.copy()
+    for y0, y1, x0, x1, part in membrane_parts(unknown):
+        filled = harmonic_fill(frame[y0:y1, x0:x1], unknown[y0:y1, x0:x1], smooth_iterations=_SPATIAL_SMOOTHING)
+        membrane[y0:y1, x0:x1][part] = filled[part]
     if method == "membrane":
         return membrane
     if method != "mean":
