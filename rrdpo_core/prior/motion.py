@@ -162,10 +162,11 @@ def completed_flows(video: np.ndarray, holes: np.ndarray, downscale: float, pres
             b = np.zeros_like(b)
         elif region.any():
             geometry = _holes_and_rings(region)
-            f, models = _complete_flow(f, region, geometry)
-            # The background's backward motion is the inverse of its forward motion: inverting the
-            # forward fit halves the RANSAC work and keeps the two completed flows consistent.
-            b, _ = _complete_flow(b, region, geometry, [_inverse_affine(m) for m in models])
+            # Each direction gets its own fit: taking the inverse of the forward fit for the backward
+            # flow halves the RANSAC work but scored 0.4 dB lower hole PSNR on
+            # diffueraser-example1 squares (30 frames), so it is not done.
+            f, _ = _complete_flow(f, region, geometry)
+            b, _ = _complete_flow(b, region, geometry)
         fwd.append(FlowField(f, (height, width), raw_f))
         bwd.append(FlowField(b, (height, width), raw_b))
         step()
@@ -215,16 +216,6 @@ def _fit_affine(flow: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray 
     dst = src + flow[ys, xs]
     model, _ = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=1.0)
     return model
-
-
-def _inverse_affine(model: np.ndarray | None) -> np.ndarray | None:
-    """The inverse of an affine map (2x3), or None where there is none (or it is singular)."""
-    if model is None:
-        return None
-    full = np.vstack([model, [0.0, 0.0, 1.0]])
-    if abs(np.linalg.det(full)) < 1e-6:
-        return None
-    return np.linalg.inv(full)[:2]
 
 
 def _complete_flow(flow: np.ndarray, region: np.ndarray, holes: list[_Hole],
