@@ -165,8 +165,8 @@ def completed_flows(video: np.ndarray, holes: np.ndarray, downscale: float, pres
             # Each direction gets its own fit: taking the inverse of the forward fit for the backward
             # flow halves the RANSAC work but scored 0.4 dB lower hole PSNR on
             # diffueraser-example1 squares (30 frames), so it is not done.
-            f, _ = _complete_flow(f, region, geometry)
-            b, _ = _complete_flow(b, region, geometry)
+            f = _complete_flow(f, region, geometry)
+            b = _complete_flow(b, region, geometry)
         fwd.append(FlowField(f, (height, width), raw_f))
         bwd.append(FlowField(b, (height, width), raw_b))
         step()
@@ -218,28 +218,22 @@ def _fit_affine(flow: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray 
     return model
 
 
-def _complete_flow(flow: np.ndarray, region: np.ndarray, holes: list[_Hole],
-                   models: list[np.ndarray | None] | None = None) -> tuple[np.ndarray, list[np.ndarray | None]]:
+def _complete_flow(flow: np.ndarray, region: np.ndarray, holes: list[_Hole]) -> np.ndarray:
     """Replace ``flow`` inside ``region`` by the affine motion of the ring around each hole.
 
     Background motion around a hole is close to affine (camera pan, zoom, slow rotation), and a
     robust fit ignores a foreground object crossing the ring. A hole without a usable ring takes
     the fit over all rings; with none at all, the flow is filled with a smooth membrane.
-    ``models`` (one per hole, None = fit it here) skips the fit; the models used are returned.
     """
     out = flow.copy()
     shared: list = []
-    used: list[np.ndarray | None] = []
-    for i, hole in enumerate(holes):
-        model = models[i] if models is not None else None
-        if model is None:
-            model = _fit_affine(flow, hole.ring_ys, hole.ring_xs)
+    for hole in holes:
+        model = _fit_affine(flow, hole.ring_ys, hole.ring_xs)
         if model is None:
             if not shared:
                 shared.append(_fit_affine(flow, np.concatenate([h.ring_ys for h in holes]),
                                           np.concatenate([h.ring_xs for h in holes])))
             model = shared[0]
-        used.append(model)
         if model is None:
             unknown = np.zeros(region.shape, bool)
             unknown[hole.ys, hole.xs] = True
@@ -248,7 +242,7 @@ def _complete_flow(flow: np.ndarray, region: np.ndarray, holes: list[_Hole],
         xs, ys = hole.xs.astype(np.float32), hole.ys.astype(np.float32)
         out[hole.ys, hole.xs, 0] = model[0, 0] * xs + model[0, 1] * ys + model[0, 2] - xs
         out[hole.ys, hole.xs, 1] = model[1, 0] * xs + model[1, 1] * ys + model[1, 2] - ys
-    return out, used
+    return out
 
 
 def motion_check_stack(fwd: list[FlowField], bwd: list[FlowField], towards_past: bool) -> np.ndarray:
