@@ -18,8 +18,9 @@ without any learned weights:
    the destination's exposure (a per-frame gain curve, :func:`.motion.exposure_curve`), and the
    remaining mismatch on a ring of known pixels around the hole is carried into the hole as a
    membrane (a gradient-domain blend).
-4. **Spatial fill** of never-seen pixels: the membrane of the pixels around, carried from frame
-   to frame along the flow so it does not flicker.
+4. **Spatial fill** of never-seen pixels: the mean of Telea and the membrane of the pixels around
+   (:func:`.fusion.spatial_fill_frame`), carried from frame to frame along the flow so it does not
+   flicker.
 
 The result has a *visibility* map (1 where the pixel is known or was seen in another frame) and a
 *source map* saying how each pixel was made (:data:`SOURCE_KNOWN`, :data:`SOURCE_COPIED`,
@@ -79,6 +80,7 @@ class PriorSettings:
     sigma: float
     tolerance: float
     ring: int
+    radius: int = 5
 
 
 def flow_propagation_prior(
@@ -110,8 +112,8 @@ def flow_propagation_prior(
             inside them is replaced by the completed flow. DIS flow is biased for about a patch
             width around a hole (the filled-in hole looks static to it), hence the default 16.
         fusion_sigma: temporal distance (frames) over which a candidate's weight falls by 1/e.
-        spatial_fill_radius: radius of the Telea fill when ``spatial_fill="telea"`` is used
-            internally for comparison (the default membrane fill has no radius).
+        spatial_fill_radius: radius of the Telea half of the spatial fill of never-seen pixels
+            (the mean of Telea and the membrane, :func:`.fusion.spatial_fill_frame`).
         candidates_per_direction: sources kept per hole pixel in the past and in the future (>= 2).
         candidate_gap: least frame distance between a pixel's sources below the nearest one, so
             that an object covering a location for a few frames cannot fill every slot.
@@ -149,7 +151,7 @@ def flow_propagation_prior(
         raise RrdpoInputError(f"fusion_tolerance must lie in (0, 1] and colour_ring be >= 0, got "
                               f"{fusion_tolerance} and {colour_ring}")
     settings = PriorSettings(slots=int(candidates_per_direction), gap=int(candidate_gap), sigma=float(fusion_sigma),
-                             tolerance=float(fusion_tolerance), ring=int(colour_ring))
+                             tolerance=float(fusion_tolerance), ring=int(colour_ring), radius=int(spatial_fill_radius))
 
     hole_count = int(holes.sum())
     if hole_count == 0:
@@ -170,7 +172,7 @@ def flow_propagation_prior(
             out, source = propagate_torch(video, holes, [], [], settings, torch.device(device), steps.step)
         else:
             out = video
-            spatial_fill(out, holes.copy(), None)
+            spatial_fill(out, holes.copy(), None, radius=settings.radius)
         return _result(out, source, hole_count, 0.0, t_start, {})
 
     # 1. Flow at working resolution, both directions, completed inside the holes.
@@ -242,21 +244,28 @@ def _propagate_numpy(video: np.ndarray, holes: np.ndarray, fwd, bwd, cfg: PriorS
         n_hole = hole_counts[t]
         if n_hole:
             src_frame = np.concatenate([past[t].frame, future[t].frame])
-            src_x = np.concatenate([past[t].x, future[t].x])
-            src_y = np.concatenate([past[t].y, future[t].y])
-            valid = (src_frame >= 0) & (src_frame != t)  # a ring pixel's own frame is not a source
-            colours = np.zeros(src_frame.shape + (3,), np.float32)
-            sampled, ok = sampler.sample(src_frame[valid], src_x[valid], src_y[valid])
+            n_all = src_frame.shape[1]
+            # The candidates as flat indices into (2 * slots, N): one ``take`` per array instead of
+            # several boolean selections of the whole candidate table.
+            flat_f = src_frame.ravel()
+            idx = np.flatnonzero((flat_f >= 0) & (flat_f != t))  # a ring pixel's own frame is not a source
+            f_v = flat_f.take(idx)
+            x_v = np.concatenate([past[t].x, future[t].x]).ravel().take(idx)
+            y_v = np.concatenate([past[t].y, future[t].y]).ravel().take(idx)
+            sampled, ok = sampler.sample(f_v, x_v, y_v)
+            # Each source weighs by temporal distance and by how well its motion is the background's
+            # (past sources on the motion towards the past, future ones towards the future).
+            cut = int(np.searchsorted(idx, cfg.slots * n_all))
+            agree = np.concatenate([
+                motion_agreement(checks[0], (height, width), f_v[:cut], x_v[:cut], y_v[:cut]),
+                motion_agreement(checks[1], (height, width), f_v[cut:], x_v[cut:], y_v[cut:])])
+            colours = np.zeros((src_frame.size, 3), np.float32)
+            weights = np.zeros(src_frame.size, np.float32)
             # Each source brought to this frame's exposure.
-            colours[valid] = sampled * np.exp(curve[t] - curve[src_frame[valid]])
-            # Each source weighs by temporal distance and by how well its motion is the background's.
-            agree = np.zeros(src_frame.shape, np.float32)
-            for rows, stack in ((slice(0, cfg.slots), checks[0]), (slice(cfg.slots, None), checks[1])):
-                sel = valid[rows]
-                agree[rows][sel] = motion_agreement(stack, (height, width), src_frame[rows][sel], src_x[rows][sel],
-                                                    src_y[rows][sel])
-            valid[valid] = ok
-            weights = np.where(valid, np.exp(-np.abs(src_frame - t) / cfg.sigma) * agree, 0.0).astype(np.float32)
+            colours[idx] = sampled * np.exp(curve[t] - curve[f_v])
+            weights[idx] = np.where(ok, np.exp(-np.abs(f_v - t) / cfg.sigma) * agree, 0.0)
+            colours = colours.reshape(src_frame.shape + (3,))
+            weights = weights.reshape(src_frame.shape)
             fused, count = fuse_candidates(colours, weights, cfg.tolerance)
             hole_fused, hole_count_ = fused[:n_hole], count[:n_hole]
             got = hole_count_ > 0
@@ -269,10 +278,12 @@ def _propagate_numpy(video: np.ndarray, holes: np.ndarray, fwd, bwd, cfg: PriorS
             out[t, hy, hx] = np.clip(hole_fused[got], 0.0, 1.0)
             source[t, hy, hx] = np.where(hole_count_[got] > 1, SOURCE_FUSED, SOURCE_COPIED)
             unseen[t, hy, hx] = False
-            used = valid[:, :n_hole][:, got]
-            distance_sum += float((np.abs(src_frame[:, :n_hole][:, got] - t) * used).sum())
+            col = idx % n_all
+            used = ok & (col < n_hole)
+            used[used] = got[col[used]]
+            distance_sum += float(np.abs(f_v[used] - t).sum())
             distance_count += int(used.sum())
         step()
     if unseen.any():
-        spatial_fill(out, unseen, bwd)
+        spatial_fill(out, unseen, bwd, radius=cfg.radius)
     return out, source, distance_sum / max(1, distance_count)

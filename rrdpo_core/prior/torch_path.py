@@ -317,9 +317,19 @@ def propagate_torch(video: np.ndarray, holes: np.ndarray, fwd: list[FlowField], 
                 out[t, :, ys[carry], xs[carry]] = _bilinear_points(out, prev, qx[carry], qy[carry]).T
                 todo[ys[carry], xs[carry]] = False
         if bool(todo.any()):
-            from .fusion import _SPATIAL_SMOOTHING
+            from .fusion import _SPATIAL_SMOOTHING, membrane_parts, telea_fill
 
-            out[t] = harmonic_fill_torch(out[t], todo, smooth_iterations=_SPATIAL_SMOOTHING)
+            todo_np = todo.cpu().numpy()
+            filled = out[t].clone()
+            for y0, y1, x0, x1, part in membrane_parts(todo_np):
+                win = harmonic_fill_torch(out[t][:, y0:y1, x0:x1], todo[y0:y1, x0:x1],
+                                          smooth_iterations=_SPATIAL_SMOOTHING)
+                part_t = torch.from_numpy(part).to(device)
+                filled[:, y0:y1, x0:x1] = torch.where(part_t, win, filled[:, y0:y1, x0:x1])
+            # The Telea half has no torch counterpart: OpenCV on the CPU, for these pixels only.
+            telea = telea_fill(out[t].permute(1, 2, 0).cpu().numpy(), todo_np, cfg.radius)
+            telea_t = torch.from_numpy(telea).to(device).permute(2, 0, 1)
+            out[t] = torch.where(todo, 0.5 * (filled + telea_t), filled)
     result = out.permute(0, 2, 3, 1).cpu().numpy()
     result[~holes] = video[~holes]  # outside the holes: the input exactly
     return np.ascontiguousarray(result), source.cpu().numpy()
