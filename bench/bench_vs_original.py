@@ -31,6 +31,7 @@ torch.profiler table of the top operators of each side's sampling.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -316,6 +317,9 @@ def worker_ours(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    variant = set(args.worker.split("_")[1:])  # ours[_fused][_stream][_bf16]
+    if "bf16" in variant:
+        dtype = torch.bfloat16
     work = Path(args.work)
     data = np.load(work / "inputs.npz")
     n = data["frames"].shape[0]
@@ -330,12 +334,19 @@ def worker_ours(args: argparse.Namespace) -> dict:
     from rrdpo_core.schedulers import make_scheduler, sampling_timesteps
     from rrdpo_core.vae import load_vae
 
-    model = load_diffueraser(work / "diffuEraser", dtype=dtype, device=device)
+    # "stream": the block weights are never resident, read from the file for each layer's forward
+    # (offload level "stream" with a model loaded by load_diffueraser(..., stream=True)).
+    model = load_diffueraser(work / "diffuEraser", dtype=dtype, device=device, stream="stream" in variant)
     if not args.no_lora:
         apply_kohya_lora(model.unet, work / LORA_FILE)
-        if args.worker == "ours_fused":
+        if "fused" in variant:
             fuse_adapter(model.unet, "pcm")
     codec = load_vae(work / "vae", dtype=dtype, device=device)
+    if "stream" in variant:
+        from rrdpo_core.offload import low_memory
+
+        stack = contextlib.ExitStack()
+        model, codec = stack.enter_context(low_memory(model, codec, "stream"))
     pipe = DiffuEraserPipeline(model, codec)
     sync = _sync_fn(device)
     sync()
@@ -370,9 +381,9 @@ def worker_ours(args: argparse.Namespace) -> dict:
     sync()
     sample_s = time.perf_counter() - start
     cpu = _usage_since(usage)
-    generated = np.rint(out.frames.numpy() * 255).astype(np.uint8)
-    composite = np.rint(blend_into_video(frames, out.frames, holes).numpy() * 255).astype(np.uint8)
-    np.savez(args.out, latents=out.latents.numpy(), generated=generated, composite=composite)
+    generated = np.rint(out.frames.float().numpy() * 255).astype(np.uint8)
+    composite = np.rint(blend_into_video(frames, out.frames.float(), holes).numpy() * 255).astype(np.uint8)
+    np.savez(args.out, latents=out.latents.float().numpy(), generated=generated, composite=composite)
     return dict(load_s=load_s, sample_s=sample_s, peak_gib=_peak_memory(device), **meter.seconds, **cpu, **load_cpu,
                 profile=_profile_table(prof), torch=torch.__version__)
 
@@ -446,11 +457,15 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="small random networks instead of the released sizes")
     parser.add_argument("--no-lora", action="store_true", help="run without the PCM LoRA")
     parser.add_argument("--profile", action="store_true", help="print each side's top operators (torch.profiler)")
-    parser.add_argument("--sides", default="original,ours",
-                        help="order within a round; 'ours_fused' is ours with the PCM LoRA folded into the weights")
+    parser.add_argument("--sides", default="original,ours,ours_stream",
+                        help="order within a round. Variants of ours (suffixes combine, e.g. ours_stream_bf16): "
+                             "'_stream' loads with load_diffueraser(stream=True) and samples at offload level "
+                             "'stream' (block weights read from the file per layer, never resident); '_bf16' "
+                             "runs ours in bfloat16 (compared against the float32 original); '_fused' folds the "
+                             "PCM LoRA into the weights")
     parser.add_argument("--min-free-gib", type=float, default=13.0,
                         help="wait until this much memory is available before starting a side (0: never wait)")
-    parser.add_argument("--worker", choices=["original", "ours", "ours_fused"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -470,6 +485,9 @@ def main() -> None:
     prepare(work, args)
 
     sides = args.sides.split(",")
+    for side in sides:
+        if side != "original" and not (side.startswith("ours") and set(side.split("_")[1:]) <= {"fused", "stream", "bf16"}):
+            parser.error(f"unknown side {side!r}: 'original', or 'ours' with any of _fused, _stream, _bf16")
     results: dict[str, list[dict]] = {s: [] for s in sides}
     print(f"{args.frames} frames at {args.size}x{args.size}, {args.steps} TCD steps, "
           f"{'no LoRA' if args.no_lora else 'PCM LoRA'}, {args.device} {args.dtype}, {args.threads} threads, "
