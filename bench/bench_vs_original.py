@@ -388,6 +388,52 @@ def worker_ours(args: argparse.Namespace) -> dict:
                 profile=_profile_table(prof), torch=torch.__version__)
 
 
+def count_flops(args: argparse.Namespace, work: Path) -> dict:
+    """FLOPs per frame of BrushNet, the motion UNet (per step) and the VAE (per encode / decode).
+
+    Counted by ``torch.utils.flop_counter`` (convolutions and matrix products; attention as far as
+    it counts it) on networks built on the meta device at this run's size, so nothing is computed.
+    Cached in the work folder.
+    """
+    cache = work / "flops.json"
+    key = dict(size=args.size, tiny=args.tiny)
+    if cache.is_file():
+        data = json.loads(cache.read_text())
+        if data.get("key") == key:
+            return data["flops"]
+    sys.path.insert(0, str(ROOT))
+    import torch
+    from diffusers import AutoencoderKL
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from rrdpo_core.models import DiffuEraserModel, packaged_config
+    from rrdpo_core.vae import SD15_VAE_CONFIG
+
+    suffix = "_tiny" if args.tiny else ""
+    vae_config = {k: v for k, v in SD15_VAE_CONFIG.items() if k != "scaling_factor"}
+    if args.tiny:
+        vae_config.update(block_out_channels=[32, 32, 64, 64], layers_per_block=1)
+    frames, h = 22, args.size // 8
+
+    def flops(fn) -> int:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        return counter.get_total_flops()
+
+    with torch.device("meta"), torch.no_grad():
+        model = DiffuEraserModel.from_configs(packaged_config("brushnet" + suffix), packaged_config("unet_main" + suffix))
+        vae = AutoencoderKL(**vae_config)
+        lat, cond = torch.randn(frames, 4, h, h), torch.randn(frames, 5, h, h)
+        text = torch.randn(1, 77, model.cross_attention_dim)
+        brush = flops(lambda: model.brushnet(lat, torch.full((frames,), 500), text.expand(frames, -1, -1), cond))
+        both = flops(lambda: model.predict_eps(lat, 500, text, cond, frames))
+        enc = flops(lambda: vae.encode(torch.randn(1, 3, args.size, args.size)))
+        dec = flops(lambda: vae.decode(torch.randn(1, 4, h, h)))
+    result = dict(brushnet=brush / frames, unet=(both - brush) / frames, vae_encode=enc, vae_decode=dec)
+    cache.write_text(json.dumps(dict(key=key, flops=result)))
+    return result
+
+
 def _profile_table(prof) -> str | None:
     if prof is None:
         return None
@@ -465,6 +511,8 @@ def main() -> None:
                              "PCM LoRA into the weights")
     parser.add_argument("--min-free-gib", type=float, default=13.0,
                         help="wait until this much memory is available before starting a side (0: never wait)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's peak dense TFLOP/s in the run's dtype: prints the share of it reached")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -514,6 +562,18 @@ def main() -> None:
         print(f"  torch: original {results['original'][0]['torch']}, {ours} {results[ours][0]['torch']}")
         diff = compare(Path(results[ours][0]["out"]), Path(results["original"][0]["out"]))
         print(f"output difference, {ours} vs original: " + json.dumps(diff))
+    # FLOPs of one run: each frame through BrushNet and the UNet once per step, VAE-encoded twice
+    # (prior and condition, on both sides) and decoded once.
+    f = count_flops(args, work)
+    total = args.frames * (args.steps * (f["brushnet"] + f["unet"]) + 2 * f["vae_encode"] + f["vae_decode"])
+    print(f"\nFLOPs per frame: BrushNet {f['brushnet'] / 1e9:.1f} G and motion UNet {f['unet'] / 1e9:.1f} G per step, "
+          f"VAE encode {f['vae_encode'] / 1e9:.1f} G, decode {f['vae_decode'] / 1e9:.1f} G; "
+          f"{total / 1e12:.2f} TFLOP per run")
+    for side in sides:
+        rate = total / med(side, "sample_s") / 1e9
+        share = (f"{100 * rate / (args.peak_tflops * 1e3):.1f} % of the {args.peak_tflops} TFLOP/s peak"
+                 if args.peak_tflops else "share of the device's peak not measured (pass --peak-tflops)")
+        print(f"  {side}: {rate:.1f} GFLOP/s over the sampling wall time; {share}")
     for side in sides:
         if len(results[side]) > 1:
             diff = compare(Path(results[side][0]["out"]), Path(results[side][1]["out"]))

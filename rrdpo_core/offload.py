@@ -40,7 +40,7 @@ from typing import Any, Iterator
 import torch
 
 from .memory import OFFLOAD_LEVELS, MemoryEstimate, choose_offload, network_sizes
-from .streaming import WeightStream, is_streaming
+from .streaming import WeightStream, can_stream, is_streaming
 
 __all__ = ["OFFLOAD_CHOICES", "OffloadPlan", "OffloadedDenoiser", "plan_offload", "low_memory",
            "group_offload", "remove_group_offload"]
@@ -74,7 +74,8 @@ def plan_offload(choice: str, model: Any, height: int, width: int, num_frames: i
 
     ``"auto"`` needs ``free_bytes`` (the free memory of the compute device; without it: ``"none"``).
     On the CPU it picks ``"stream"`` when what sampling adds to the resident weights does not fit
-    (:func:`rrdpo_core.memory.choose_cpu_offload`); on a GPU the least of none/windows/blocks that fits.
+    (:func:`rrdpo_core.memory.choose_cpu_offload`) and the weights can be re-read from their files
+    (``free_bytes`` 0 counts as unknown there); on a GPU the least of none/windows/blocks that fits.
     A model that already streams its weights (``load_diffueraser(..., stream=True)``) gets
     ``"stream"`` instead of ``"blocks"``.
     """
@@ -95,7 +96,13 @@ def plan_offload(choice: str, model: Any, height: int, width: int, num_frames: i
         return OffloadPlan("none", compute, offload, estimate_sampling(height, width, num_frames, **kwargs),
                            free_bytes)
     if compute.type == "cpu":
-        from .memory import choose_cpu_offload
+        from .memory import choose_cpu_offload, estimate_sampling
+
+        # 0 free bytes is what a caller with no RAM figure passes (ComfyUI's CPU path); weights that
+        # cannot be re-read from their file (merged LoRA patches, built in memory) cannot stream.
+        if free_bytes <= 0 or not all(can_stream(net) for net in _nets(model)):
+            return OffloadPlan("none", compute, offload, estimate_sampling(height, width, num_frames, **kwargs),
+                               free_bytes)
 
         resident = sum(_resident_bytes(net) for net in _nets(model))
         level, est = choose_cpu_offload(int(free_bytes), height, width, num_frames, resident_bytes=resident, **kwargs)

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["STREAMED_CHILDREN", "WeightSource", "WeightStream", "record_source", "weight_source", "streamed_keys",
-           "is_streaming", "placeholder"]
+           "is_streaming", "can_stream", "placeholder"]
 
 # Top-level children of BrushNet / the motion UNet whose weights are streamed, one group per block.
 STREAMED_CHILDREN = ("down_blocks", "mid_block", "up_blocks")
@@ -108,6 +108,19 @@ def weight_source(net: nn.Module) -> WeightSource | None:
 def is_streaming(net: nn.Module) -> bool:
     """Whether ``net``'s block weights are currently read from its file for each forward."""
     return getattr(net, _STREAM_ATTR, None) is not None
+
+
+def can_stream(net: nn.Module) -> bool:
+    """Whether ``net`` streams already, or could: loaded from a file, weights unchanged since."""
+    if is_streaming(net):
+        return True
+    if weight_source(net) is None:
+        return False
+    try:
+        WeightStream(net).check_unchanged()
+    except ValueError:
+        return False
+    return True
 
 
 def _file_key(param_name: str) -> str:
@@ -220,7 +233,7 @@ class WeightStream:
         for i in range(len(self.groups)):
             self.load(i)
         source = weight_source(self.net)
-        source.stamps.update({name: (p.data_ptr(), p._version) for name, p in self.net.named_parameters()
+        source.stamps.update({_file_key(name): (p.data_ptr(), p._version) for name, p in self.net.named_parameters()
                               if _file_key(name) in source.stamps})
         if getattr(self.net, _STREAM_ATTR, None) is self:
             delattr(self.net, _STREAM_ATTR)

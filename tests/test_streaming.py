@@ -97,7 +97,10 @@ def test_changed_weights_are_not_streamed(model_dir):
     path, lora = model_dir
     model = load_diffueraser(path)
     apply_kohya_lora(model.unet, lora)
+    assert plan_offload("auto", model, 64, 64, 22, compute_device="cpu", free_bytes=1024).level == "stream"
     fuse_adapter(model.unet, "pcm")  # the base weights now differ from the file
+    # "auto" does not pick "stream" for weights it cannot re-read; asking for it by name is refused.
+    assert plan_offload("auto", model, 64, 64, 22, compute_device="cpu", free_bytes=1024).level == "none"
     with pytest.raises(ValueError, match="changed since it was loaded"):
         with low_memory(model, None, "stream", compute_device="cpu"):
             pass
@@ -111,3 +114,4 @@ def test_cpu_auto_streams_when_ram_is_short(resident):
     assert plan_offload("auto", model, 64, 64, 22, compute_device="cpu", free_bytes=100 * gib).level == "none"
     assert plan_offload("auto", model, 64, 64, 22, compute_device="cpu", free_bytes=1024).level == "stream"
     assert plan_offload("auto", model, 64, 64, 22, compute_device="cpu").level == "none"  # free memory unknown
+    assert plan_offload("auto", model, 64, 64, 22, compute_device="cpu", free_bytes=0).level == "none"
