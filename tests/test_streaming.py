@@ -15,27 +15,31 @@ from rrdpo_core.vae import make_tiny_vae
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
+def loaded(tmp_path_factory):
+    """(checkpoint folder, kohya LoRA file, resident model with that LoRA as adapter "pcm")."""
     folder = tmp_path_factory.mktemp("stream")
     path = write_tiny_diffueraser(folder / "tiny")
+    model = load_diffueraser(path)
     # A kohya LoRA on some spatial layers, as PCM is: adapters must survive streaming of their base layer.
-    unet = load_diffueraser(path).unet
     gen, lora = torch.Generator().manual_seed(7), {}
-    for name, m in unet.named_modules():
+    for name, m in model.unet.named_modules():
         if isinstance(m, torch.nn.Linear) and name.endswith(("to_q", "to_out.0")) and "motion_modules" not in name:
             key = "lora_unet_" + name.replace(".", "_")
             lora[key + ".lora_down.weight"] = torch.randn(2, m.in_features, generator=gen)
             lora[key + ".lora_up.weight"] = torch.randn(m.out_features, 2, generator=gen)
     save_file(lora, str(folder / "lora.safetensors"))
-    return path, folder / "lora.safetensors"
+    apply_kohya_lora(model.unet, folder / "lora.safetensors")
+    return path, folder / "lora.safetensors", model
 
 
 @pytest.fixture(scope="module")
-def resident(model_dir):
-    path, lora = model_dir
-    model = load_diffueraser(path)
-    apply_kohya_lora(model.unet, lora)
-    return model
+def model_dir(loaded):
+    return loaded[:2]
+
+
+@pytest.fixture(scope="module")
+def resident(loaded):
+    return loaded[2]
 
 
 def _inputs(frames: int = 4, size: int = 8):
@@ -93,10 +97,17 @@ def test_stream_level_on_a_resident_model_matches_and_restores(resident):
     assert all(h == {} for m in model.modules() for h in (m._forward_hooks, m._forward_pre_hooks))
 
 
-def test_changed_weights_are_not_streamed(model_dir):
-    path, lora = model_dir
-    model = load_diffueraser(path)
-    apply_kohya_lora(model.unet, lora)
+def test_cpu_auto_streams_when_ram_is_short(resident):
+    model = resident
+    gib = 1024 ** 3
+    assert plan_offload("auto", model, 64, 64, 22, compute_device="cpu", free_bytes=100 * gib).level == "none"
+    assert plan_offload("auto", model, 64, 64, 22, compute_device="cpu", free_bytes=1024).level == "stream"
+    assert plan_offload("auto", model, 64, 64, 22, compute_device="cpu").level == "none"  # free memory unknown
+    assert plan_offload("auto", model, 64, 64, 22, compute_device="cpu", free_bytes=0).level == "none"
+
+
+def test_changed_weights_are_not_streamed(resident):
+    model = resident  # last user of the module's model: fusing below changes it for good
     assert plan_offload("auto", model, 64, 64, 22, compute_device="cpu", free_bytes=1024).level == "stream"
     fuse_adapter(model.unet, "pcm")  # the base weights now differ from the file
     # "auto" does not pick "stream" for weights it cannot re-read; asking for it by name is refused.
@@ -106,12 +117,3 @@ def test_changed_weights_are_not_streamed(model_dir):
             pass
     with pytest.raises(ValueError, match="not loaded from a DiffuEraser safetensors file"):
         WeightStream(torch.nn.Linear(2, 2))  # built in memory: no file to re-read
-
-
-def test_cpu_auto_streams_when_ram_is_short(resident):
-    model = resident
-    gib = 1024 ** 3
-    assert plan_offload("auto", model, 64, 64, 22, compute_device="cpu", free_bytes=100 * gib).level == "none"
-    assert plan_offload("auto", model, 64, 64, 22, compute_device="cpu", free_bytes=1024).level == "stream"
-    assert plan_offload("auto", model, 64, 64, 22, compute_device="cpu").level == "none"  # free memory unknown
-    assert plan_offload("auto", model, 64, 64, 22, compute_device="cpu", free_bytes=0).level == "none"
