@@ -31,6 +31,7 @@ torch.profiler table of the top operators of each side's sampling.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -316,6 +317,9 @@ def worker_ours(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    variant = set(args.worker.split("_")[1:])  # ours[_fused][_stream][_bf16]
+    if "bf16" in variant:
+        dtype = torch.bfloat16
     work = Path(args.work)
     data = np.load(work / "inputs.npz")
     n = data["frames"].shape[0]
@@ -330,12 +334,19 @@ def worker_ours(args: argparse.Namespace) -> dict:
     from rrdpo_core.schedulers import make_scheduler, sampling_timesteps
     from rrdpo_core.vae import load_vae
 
-    model = load_diffueraser(work / "diffuEraser", dtype=dtype, device=device)
+    # "stream": the block weights are never resident, read from the file for each layer's forward
+    # (offload level "stream" with a model loaded by load_diffueraser(..., stream=True)).
+    model = load_diffueraser(work / "diffuEraser", dtype=dtype, device=device, stream="stream" in variant)
     if not args.no_lora:
         apply_kohya_lora(model.unet, work / LORA_FILE)
-        if args.worker == "ours_fused":
+        if "fused" in variant:
             fuse_adapter(model.unet, "pcm")
     codec = load_vae(work / "vae", dtype=dtype, device=device)
+    if "stream" in variant:
+        from rrdpo_core.offload import low_memory
+
+        stack = contextlib.ExitStack()
+        model, codec = stack.enter_context(low_memory(model, codec, "stream"))
     pipe = DiffuEraserPipeline(model, codec)
     sync = _sync_fn(device)
     sync()
@@ -370,11 +381,57 @@ def worker_ours(args: argparse.Namespace) -> dict:
     sync()
     sample_s = time.perf_counter() - start
     cpu = _usage_since(usage)
-    generated = np.rint(out.frames.numpy() * 255).astype(np.uint8)
-    composite = np.rint(blend_into_video(frames, out.frames, holes).numpy() * 255).astype(np.uint8)
-    np.savez(args.out, latents=out.latents.numpy(), generated=generated, composite=composite)
+    generated = np.rint(out.frames.float().numpy() * 255).astype(np.uint8)
+    composite = np.rint(blend_into_video(frames, out.frames.float(), holes).numpy() * 255).astype(np.uint8)
+    np.savez(args.out, latents=out.latents.float().numpy(), generated=generated, composite=composite)
     return dict(load_s=load_s, sample_s=sample_s, peak_gib=_peak_memory(device), **meter.seconds, **cpu, **load_cpu,
                 profile=_profile_table(prof), torch=torch.__version__)
+
+
+def count_flops(args: argparse.Namespace, work: Path) -> dict:
+    """FLOPs per frame of BrushNet, the motion UNet (per step) and the VAE (per encode / decode).
+
+    Counted by ``torch.utils.flop_counter`` (convolutions and matrix products; attention as far as
+    it counts it) on networks built on the meta device at this run's size, so nothing is computed.
+    Cached in the work folder.
+    """
+    cache = work / "flops.json"
+    key = dict(size=args.size, tiny=args.tiny)
+    if cache.is_file():
+        data = json.loads(cache.read_text())
+        if data.get("key") == key:
+            return data["flops"]
+    sys.path.insert(0, str(ROOT))
+    import torch
+    from diffusers import AutoencoderKL
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from rrdpo_core.models import DiffuEraserModel, packaged_config
+    from rrdpo_core.vae import SD15_VAE_CONFIG
+
+    suffix = "_tiny" if args.tiny else ""
+    vae_config = {k: v for k, v in SD15_VAE_CONFIG.items() if k != "scaling_factor"}
+    if args.tiny:
+        vae_config.update(block_out_channels=[32, 32, 64, 64], layers_per_block=1)
+    frames, h = 22, args.size // 8
+
+    def flops(fn) -> int:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        return counter.get_total_flops()
+
+    with torch.device("meta"), torch.no_grad():
+        model = DiffuEraserModel.from_configs(packaged_config("brushnet" + suffix), packaged_config("unet_main" + suffix))
+        vae = AutoencoderKL(**vae_config)
+        lat, cond = torch.randn(frames, 4, h, h), torch.randn(frames, 5, h, h)
+        text = torch.randn(1, 77, model.cross_attention_dim)
+        brush = flops(lambda: model.brushnet(lat, torch.full((frames,), 500), text.expand(frames, -1, -1), cond))
+        both = flops(lambda: model.predict_eps(lat, 500, text, cond, frames))
+        enc = flops(lambda: vae.encode(torch.randn(1, 3, args.size, args.size)))
+        dec = flops(lambda: vae.decode(torch.randn(1, 4, h, h)))
+    result = dict(brushnet=brush / frames, unet=(both - brush) / frames, vae_encode=enc, vae_decode=dec)
+    cache.write_text(json.dumps(dict(key=key, flops=result)))
+    return result
 
 
 def _profile_table(prof) -> str | None:
@@ -446,11 +503,17 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="small random networks instead of the released sizes")
     parser.add_argument("--no-lora", action="store_true", help="run without the PCM LoRA")
     parser.add_argument("--profile", action="store_true", help="print each side's top operators (torch.profiler)")
-    parser.add_argument("--sides", default="original,ours",
-                        help="order within a round; 'ours_fused' is ours with the PCM LoRA folded into the weights")
+    parser.add_argument("--sides", default="original,ours,ours_stream",
+                        help="order within a round. Variants of ours (suffixes combine, e.g. ours_stream_bf16): "
+                             "'_stream' loads with load_diffueraser(stream=True) and samples at offload level "
+                             "'stream' (block weights read from the file per layer, never resident); '_bf16' "
+                             "runs ours in bfloat16 (compared against the float32 original); '_fused' folds the "
+                             "PCM LoRA into the weights")
     parser.add_argument("--min-free-gib", type=float, default=13.0,
                         help="wait until this much memory is available before starting a side (0: never wait)")
-    parser.add_argument("--worker", choices=["original", "ours", "ours_fused"], help=argparse.SUPPRESS)
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's peak dense TFLOP/s in the run's dtype: prints the share of it reached")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -470,6 +533,9 @@ def main() -> None:
     prepare(work, args)
 
     sides = args.sides.split(",")
+    for side in sides:
+        if side != "original" and not (side.startswith("ours") and set(side.split("_")[1:]) <= {"fused", "stream", "bf16"}):
+            parser.error(f"unknown side {side!r}: 'original', or 'ours' with any of _fused, _stream, _bf16")
     results: dict[str, list[dict]] = {s: [] for s in sides}
     print(f"{args.frames} frames at {args.size}x{args.size}, {args.steps} TCD steps, "
           f"{'no LoRA' if args.no_lora else 'PCM LoRA'}, {args.device} {args.dtype}, {args.threads} threads, "
@@ -496,6 +562,18 @@ def main() -> None:
         print(f"  torch: original {results['original'][0]['torch']}, {ours} {results[ours][0]['torch']}")
         diff = compare(Path(results[ours][0]["out"]), Path(results["original"][0]["out"]))
         print(f"output difference, {ours} vs original: " + json.dumps(diff))
+    # FLOPs of one run: each frame through BrushNet and the UNet once per step, VAE-encoded twice
+    # (prior and condition, on both sides) and decoded once.
+    f = count_flops(args, work)
+    total = args.frames * (args.steps * (f["brushnet"] + f["unet"]) + 2 * f["vae_encode"] + f["vae_decode"])
+    print(f"\nFLOPs per frame: BrushNet {f['brushnet'] / 1e9:.1f} G and motion UNet {f['unet'] / 1e9:.1f} G per step, "
+          f"VAE encode {f['vae_encode'] / 1e9:.1f} G, decode {f['vae_decode'] / 1e9:.1f} G; "
+          f"{total / 1e12:.2f} TFLOP per run")
+    for side in sides:
+        rate = total / med(side, "sample_s") / 1e9
+        share = (f"{100 * rate / (args.peak_tflops * 1e3):.1f} % of the {args.peak_tflops} TFLOP/s peak"
+                 if args.peak_tflops else "share of the device's peak not measured (pass --peak-tflops)")
+        print(f"  {side}: {rate:.1f} GFLOP/s over the sampling wall time; {share}")
     for side in sides:
         if len(results[side]) > 1:
             diff = compare(Path(results[side][0]["out"]), Path(results[side][1]["out"]))

@@ -108,7 +108,8 @@ def remove_objects(
 
     from .models import load_diffueraser
 
-    model = load_diffueraser(model_dir, dtype=dtype, device=device)
+    # offload "stream": the block weights are never resident (a region LoRA's base-model check reads them, so not then).
+    model = load_diffueraser(model_dir, dtype=dtype, device=device, stream=offload == "stream" and lora_path is None)
     text = resolve_text_embeds(text_embeds, text_encoder, model_dir)
     pcm = find_pcm_lora(model_dir, steps) if pcm_lora == "auto" else pcm_lora
     if pcm is not None:
@@ -141,9 +142,10 @@ def remove_objects(
         warnings.warn(f"frames are {width}x{height}; padded to {padded.size[1]}x{padded.size[0]} (multiples of 8) "
                       "for the model and cropped back", stacklevel=2)
     # Low-memory sampling (rrdpo_core.offload): same result, less on the GPU; "auto" reads its free memory.
+    from .memory import available_ram
     from .offload import low_memory, plan_offload
 
-    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_ram()
     plan = plan_offload(offload, model, *padded.size, padded.num_frames, compute_device=device, free_bytes=free)
     with low_memory(model, codec, plan) as (denoiser, low_codec):
         out = DiffuEraserPipeline(denoiser, low_codec)(

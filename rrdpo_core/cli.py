@@ -26,6 +26,7 @@ import torch
 from .errors import Cancelled, RrdpoInputError
 from .fsutil import atomic_write_json
 from .progress import ProgressBars
+from .offload import OFFLOAD_CHOICES
 
 __all__ = ["main", "build_parser"]
 
@@ -84,9 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="3x3 dilation steps applied to the mask after one erosion (DiffuEraser default 8)")
     r.add_argument("--max-frames", type=_positive_int, default=None, help="use only the first N frames")
     r.add_argument("--fps", type=float, default=None, help="output frame rate (default: the input's, 24 for folders)")
-    r.add_argument("--offload", choices=("none", "windows", "blocks", "auto"), default="none",
+    r.add_argument("--offload", choices=OFFLOAD_CHOICES, default="none",
                    help="low-memory sampling for --model: the video's latents (windows) and also BrushNet/UNet blocks "
-                        "(blocks) off the GPU; auto picks from free GPU memory; same result (default none)")
+                        "(blocks) off the GPU; stream: BrushNet/UNet block weights read from their files layer by "
+                        "layer, never all in RAM (for the CPU); auto picks from free GPU memory or, on the CPU, "
+                        "free RAM; same result (default none)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 

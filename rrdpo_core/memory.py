@@ -50,6 +50,9 @@ __all__ = [
     "estimate_sampling",
     "estimate_training",
     "choose_offload",
+    "choose_cpu_offload",
+    "available_ram",
+    "DEVICE_LEVELS",
     "TrainPreset",
     "choose_train_preset",
 ]
@@ -58,8 +61,13 @@ __all__ = [
 #   "none":    both networks resident, the video's latents on the compute device;
 #   "windows": networks resident, the video's latents on the offload device, one window on the
 #              device at a time, the VAE one frame at a time;
-#   "blocks":  as "windows", plus block-wise (group) offloading of BrushNet and the motion UNet.
-OFFLOAD_LEVELS = ("none", "windows", "blocks")
+#   "blocks":  as "windows", plus block-wise (group) offloading of BrushNet and the motion UNet;
+#   "stream":  as "windows", and the layers of BrushNet's and the UNet's blocks are read from their
+#              safetensors files for each forward and dropped after (rrdpo_core.streaming): neither the
+#              compute device nor the CPU holds more than one layer of them. Picked by "auto" on the CPU
+#              when RAM is short; GPU "auto" stays with the first three.
+OFFLOAD_LEVELS = ("none", "windows", "blocks", "stream")
+DEVICE_LEVELS = OFFLOAD_LEVELS[:3]
 # Fraction of the free memory a plan may use: room for the allocator's fragmentation, CUDA
 # context growth and the small tensors this model does not count.
 SAFETY = 0.85
@@ -425,7 +433,9 @@ def estimate_sampling(height: int, width: int, num_frames: int, *, level: str = 
     h, w = height // LATENT_SCALE, width // LATENT_SCALE
     frames = min(window, num_frames) * (2 if guidance else 1)
     acts = cal.denoise.bytes(sizes.width, frames * h * w, e, sizes.total)
-    weights = sizes.total if level != "blocks" else sizes.brushnet_largest_group + sizes.unet_largest_group
+    # "stream" holds less than "blocks" (one layer, not one block, beside the top-level parts); counted
+    # the same way, which errs on the safe side.
+    weights = sizes.total if level in ("none", "windows") else sizes.brushnet_largest_group + sizes.unet_largest_group
     # Video-long tensors (fp32): latents, condition (5 ch), eps accumulator, prior latents.
     latents = 0 if level != "none" else int(num_frames * h * w * (4 + 5 + 4 + 4) * 4)
     vae_pixels = (min(height * width, VAE_TILE * VAE_TILE) if vae_tiling else height * width) * vae_frames
@@ -437,12 +447,40 @@ def estimate_sampling(height: int, width: int, num_frames: int, *, level: str = 
 
 def choose_offload(free_bytes: int, height: int, width: int, num_frames: int, **kwargs: Any
                    ) -> tuple[str, MemoryEstimate]:
-    """The least offloading whose estimate fits ``SAFETY * free_bytes`` ("blocks" if none fits)."""
-    estimates = [estimate_sampling(height, width, num_frames, level=lvl, **kwargs) for lvl in OFFLOAD_LEVELS]
+    """The least offloading whose estimate fits ``SAFETY * free_bytes`` ("blocks" if none fits).
+
+    For a GPU: the levels of :data:`DEVICE_LEVELS`. The CPU's choice is :func:`choose_cpu_offload`.
+    """
+    estimates = [estimate_sampling(height, width, num_frames, level=lvl, **kwargs) for lvl in DEVICE_LEVELS]
     for est in estimates:
         if est.total <= SAFETY * free_bytes:
             return est.level, est
     return estimates[-1].level, estimates[-1]
+
+
+def choose_cpu_offload(free_bytes: int, height: int, width: int, num_frames: int, *, resident_bytes: int = 0,
+                       **kwargs: Any) -> tuple[str, MemoryEstimate]:
+    """CPU sampling: ``"none"`` if what sampling adds fits ``SAFETY * free_bytes``, else ``"stream"``.
+
+    ``resident_bytes``: the weights already in RAM (a loaded model), which the free memory no
+    longer counts. "windows" and "blocks" only move things between devices, which on the CPU saves
+    nothing; "stream" gives the RAM of the block weights back while sampling.
+    """
+    none = estimate_sampling(height, width, num_frames, level="none", **kwargs)
+    if none.total - min(resident_bytes, none.weights) <= SAFETY * free_bytes:
+        return "none", none
+    return "stream", estimate_sampling(height, width, num_frames, level="stream", **kwargs)
+
+
+def available_ram() -> int | None:
+    """MemAvailable of this machine in bytes (Linux), or None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def estimate_training(height: int, width: int, frames: int, *, pair_passes: str = "joint",

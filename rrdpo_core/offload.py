@@ -13,6 +13,13 @@
   diffusers' group offloading (``diffusers.hooks.apply_group_offloading``, block level): the
   weights stay on the offload device and each block is brought to the compute device just for
   its forward pass.
+* ``"stream"``: as ``"windows"``, and the layers of BrushNet's and the UNet's blocks are read from
+  their safetensors files just for their forward and dropped after
+  (:class:`rrdpo_core.streaming.WeightStream`): the weights are in neither the compute device's
+  memory nor the CPU's, except one layer at a time and the networks' small top-level parts. For
+  the CPU, where the other levels save nothing. Needs weights that still equal their file (loaded
+  by ``load_diffueraser``, no fused LoRA); a model loaded with ``stream=True`` streams at any level.
+  The VAE keeps its own chunking here, so the result is bit for bit the resident run's.
 
 ``vae_tiling=True`` (opt-in, any level but ``"none"``) also decodes in tiles (diffusers'
 ``enable_tiling``). It is the one setting that changes the result, since tiles are blended over
@@ -33,6 +40,7 @@ from typing import Any, Iterator
 import torch
 
 from .memory import OFFLOAD_LEVELS, MemoryEstimate, choose_offload, network_sizes
+from .streaming import WeightStream, can_stream, is_streaming
 
 __all__ = ["OFFLOAD_CHOICES", "OffloadPlan", "OffloadedDenoiser", "plan_offload", "low_memory",
            "group_offload", "remove_group_offload"]
@@ -64,8 +72,12 @@ def plan_offload(choice: str, model: Any, height: int, width: int, num_frames: i
                  free_bytes: int | None = None, guidance: bool = False) -> OffloadPlan:
     """Turn an offload choice (``"auto"`` or a level) into a plan for a video of this size.
 
-    ``"auto"`` needs ``free_bytes`` (the free memory of the compute device); on the CPU there is
-    nothing to offload to, so ``"auto"`` means ``"none"`` there.
+    ``"auto"`` needs ``free_bytes`` (the free memory of the compute device; without it: ``"none"``).
+    On the CPU it picks ``"stream"`` when what sampling adds to the resident weights does not fit
+    (:func:`rrdpo_core.memory.choose_cpu_offload`) and the weights can be re-read from their files
+    (``free_bytes`` 0 counts as unknown there); on a GPU the least of none/windows/blocks that fits.
+    A model that already streams its weights (``load_diffueraser(..., stream=True)``) gets
+    ``"stream"`` instead of ``"blocks"``.
     """
     if choice not in OFFLOAD_CHOICES:
         raise ValueError(f"offload must be one of {OFFLOAD_CHOICES}, got {choice!r}")
@@ -78,13 +90,35 @@ def plan_offload(choice: str, model: Any, height: int, width: int, num_frames: i
 
         return OffloadPlan(choice, compute, offload, estimate_sampling(height, width, num_frames, level=choice,
                                                                        **kwargs), free_bytes)
-    if compute.type == "cpu" or free_bytes is None:
+    if free_bytes is None:
         from .memory import estimate_sampling
 
         return OffloadPlan("none", compute, offload, estimate_sampling(height, width, num_frames, **kwargs),
                            free_bytes)
+    if compute.type == "cpu":
+        from .memory import choose_cpu_offload, estimate_sampling
+
+        # 0 free bytes is what a caller with no RAM figure passes (ComfyUI's CPU path); weights that
+        # cannot be re-read from their file (merged LoRA patches, built in memory) cannot stream.
+        if free_bytes <= 0 or not all(can_stream(net) for net in _nets(model)):
+            return OffloadPlan("none", compute, offload, estimate_sampling(height, width, num_frames, **kwargs),
+                               free_bytes)
+
+        resident = sum(_resident_bytes(net) for net in _nets(model))
+        level, est = choose_cpu_offload(int(free_bytes), height, width, num_frames, resident_bytes=resident, **kwargs)
+        return OffloadPlan(level, compute, offload, est, free_bytes)
     level, est = choose_offload(int(free_bytes), height, width, num_frames, **kwargs)
+    if level == "blocks" and any(is_streaming(net) for net in _nets(model)):
+        level = "stream"
     return OffloadPlan(level, compute, offload, est, free_bytes)
+
+
+def _nets(model: Any) -> list[torch.nn.Module]:
+    return [net for net in (getattr(model, "brushnet", None), getattr(model, "unet", None)) if net is not None]
+
+
+def _resident_bytes(net: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in net.parameters() if not all(s == 0 for s in p.stride()))
 
 
 class OffloadedDenoiser:
@@ -151,10 +185,13 @@ def _codec_for(codec: Any, level: str, tiling: bool) -> tuple[Any, list]:
     """
     from .vae import AutoencoderKLCodec
 
+    # "stream" keeps the codec's own chunks (4-frame encode as released): its result stays bit for bit
+    # the resident one (a 1-frame encode is not, by float rounding), and on the CPU the VAE's
+    # activations at DiffuEraser's sizes are small next to the weights streaming saves.
     if level == "none" or not isinstance(codec, AutoencoderKLCodec):
         return codec, []
     undo = []
-    sliced = dataclasses.replace(codec, encode_chunk=1, decode_chunk=1)
+    sliced = codec if level == "stream" else dataclasses.replace(codec, encode_chunk=1, decode_chunk=1)
     if tiling and hasattr(codec.vae, "enable_tiling"):
         was = bool(getattr(codec.vae, "use_tiling", False))
         codec.vae.enable_tiling()
@@ -183,8 +220,18 @@ def low_memory(model: Any, codec: Any, plan: OffloadPlan | str, *, compute_devic
     home = model.device
     nets = [model.brushnet, model.unet]
     undo: list = []
+    streaming = any(is_streaming(net) for net in nets)
+    level = "stream" if streaming and plan.level == "blocks" else plan.level  # already streams: no group offload
     try:
-        if plan.level == "blocks":
+        if level == "stream":
+            for net in nets:
+                if is_streaming(net):
+                    continue
+                stream = WeightStream(net, plan.compute_device)
+                stream.attach()  # drops the block weights first, so the move below carries only the rest
+                undo.append(lambda stream=stream: stream.detach(home))
+            model.to(plan.compute_device)
+        elif level == "blocks":
             for net in nets:
                 undo.append(lambda net=net: remove_group_offload(net))
                 group_offload(net, plan.compute_device, plan.offload_device, blocks_per_group)

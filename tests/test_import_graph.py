@@ -20,12 +20,12 @@ LAYERS: dict[str, int] = {
     # 0 - base helpers with no domain knowledge
     "": 0,  # the package's own __init__
     "errors": 0, "fsutil": 0, "rng": 0, "progress": 0, "membrane": 0, "windows": 0, "schedulers": 0,
-    "masks": 0, "vae": 0, "synthetic": 0, "validate": 0, "precision": 0,
+    "masks": 0, "vae": 0, "synthetic": 0, "validate": 0, "precision": 0, "tensorfile": 0,
     # 1 - data conventions, checks and maths on frames, masks and latents
     "video_io": 1, "zones": 1, "inputs": 1, "inversion": 1, "lora": 1, "loss": 1, "metrics": 1,
     "conditioning": 1, "text_embeddings": 1, "visualize": 1,
     # 2 - networks, priors, blending and the adapters on the networks
-    "models": 2, "memory": 2, "offload": 2, "prior": 2, "blend": 2, "region_lora": 2,
+    "streaming": 1, "models": 2, "memory": 2, "offload": 2, "prior": 2, "blend": 2, "region_lora": 2,
     # 3 - the sampler
     "pipeline": 3, "framing": 3,
     # 4 - preference pairs (format, building, preview)

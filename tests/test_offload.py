@@ -126,5 +126,7 @@ def test_remove_objects_offload_option_gives_the_same_frames(tmp_path):
     ref = remove_objects(frames, masks, **kw)
     low = remove_objects(frames, masks, offload="blocks", **kw)
     torch.testing.assert_close(low, ref, rtol=1e-5, atol=1e-5)
+    # "stream" loads the networks with their block weights left in the files: the very same frames.
+    assert torch.equal(remove_objects(frames, masks, offload="stream", **kw), ref)
     with pytest.raises(ValueError, match="offload must be one of"):
         remove_objects(frames, masks, offload="maybe", **kw)

@@ -1,0 +1,228 @@
+"""Weights read from their safetensors file for each block's forward (the ``"stream"`` offload level).
+
+BrushNet (3.54 GB in fp32) and the motion UNet (5.25 GB) are almost all in their ``down_blocks``,
+``mid_block`` and ``up_blocks``. A :class:`WeightStream` keeps everything else of a network
+resident (stem, time embedding, zero convs, output head, buffers, LoRA adapters) and holds the
+weights of each layer of those blocks (a ResNet, an attention, a motion module, a resampler) only
+while that layer runs: a forward pre-hook reads its tensors from the network's ``.safetensors``
+file, a forward hook drops them again. The result is bit for bit the
+resident one (the same values, the same kernels); the cost is reading the file once per network
+call, which the OS page cache usually serves from memory.
+
+The file is read with plain ``readinto`` into fresh tensors, never memory-mapped: pages of a live
+mapping count in the process's resident set for as long as the mapping exists.
+
+Between calls a streamed parameter holds a *placeholder*: one NaN expanded to the parameter's
+shape (no memory). Shapes stay right for whatever inspects them (PEFT wrapping the layer in a
+LoRA adapter, memory estimates), and a use outside the block's forward shows up as NaNs instead
+of a silently wrong number.
+
+Only weights that still equal the file can be streamed: :func:`record_source` (called by the
+loader) notes each parameter's storage and version counter, and :meth:`WeightStream.attach`
+refuses a network whose weights were replaced or changed in place since (a fused LoRA, training).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .tensorfile import FILE_DTYPES, read_layout, read_tensor
+
+__all__ = ["STREAMED_CHILDREN", "WeightSource", "WeightStream", "record_source", "weight_source", "streamed_keys",
+           "is_streaming", "can_stream", "placeholder"]
+
+# Top-level children of BrushNet / the motion UNet whose weights are streamed, one group per block.
+STREAMED_CHILDREN = ("down_blocks", "mid_block", "up_blocks")
+_SOURCE_ATTR = "_rrdpo_weight_source"
+_STREAM_ATTR = "_rrdpo_weight_stream"
+
+
+@dataclass
+class WeightSource:
+    """Where a loaded network's weights came from, and how they looked right after loading."""
+
+    file: Path
+    dtype: torch.dtype
+    # parameter name (as loaded) -> (data_ptr, version counter) right after loading
+    stamps: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def placeholder(shape: torch.Size | tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A tensor of ``shape`` that costs one element: NaN everywhere (see the module docstring)."""
+    return torch.full((), float("nan"), dtype=dtype, device=device).expand(shape)
+
+
+def _is_placeholder(t: torch.Tensor) -> bool:
+    return t.numel() > 1 and all(s == 0 for s in t.stride())
+
+
+def streamed_groups(net: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(prefix, module)`` for every group whose weights are streamed, in definition order.
+
+    A group is one layer of a block (``down_blocks.1.resnets.0``, ``...attentions.0``,
+    ``...motion_modules.0``, ``...downsamplers.0``): the pipeline's block runners call those
+    layers one by one rather than the block's own ``forward``, so hooks on the layers fire either way.
+    """
+    blocks = []
+    for name in STREAMED_CHILDREN:
+        child = getattr(net, name, None)
+        if child is None:
+            continue
+        if isinstance(child, (nn.ModuleList, nn.Sequential)):
+            blocks.extend((f"{name}.{i}", block) for i, block in enumerate(child))
+        else:
+            blocks.append((name, child))
+    groups = []
+    for prefix, block in blocks:
+        if any(True for _ in block.parameters(recurse=False)):
+            raise ValueError(f"{prefix} holds weights of its own; it cannot be streamed layer by layer")
+        for name, layer in block.named_children():
+            if isinstance(layer, (nn.ModuleList, nn.Sequential)):
+                groups.extend((f"{prefix}.{name}.{i}", sub) for i, sub in enumerate(layer))
+            else:
+                groups.append((f"{prefix}.{name}", layer))
+    return groups
+
+
+def streamed_keys(net: nn.Module) -> set[str]:
+    """The state-dict keys of ``net`` (as freshly built, no adapters) whose weights are streamed."""
+    return {f"{prefix}.{name}" for prefix, block in streamed_groups(net) for name, _ in block.named_parameters()}
+
+
+def record_source(net: nn.Module, file: Path, dtype: torch.dtype) -> None:
+    """Note that ``net``'s weights are those of ``file`` converted to ``dtype`` (called by the loader)."""
+    stamps = {name: (p.data_ptr(), p._version) for name, p in net.named_parameters()}
+    setattr(net, _SOURCE_ATTR, WeightSource(Path(file), dtype, stamps))
+
+
+def weight_source(net: nn.Module) -> WeightSource | None:
+    return getattr(net, _SOURCE_ATTR, None)
+
+
+def is_streaming(net: nn.Module) -> bool:
+    """Whether ``net``'s block weights are currently read from its file for each forward."""
+    return getattr(net, _STREAM_ATTR, None) is not None
+
+
+def can_stream(net: nn.Module) -> bool:
+    """Whether ``net`` streams already, or could: loaded from a file, weights unchanged since."""
+    if is_streaming(net):
+        return True
+    if weight_source(net) is None:
+        return False
+    try:
+        WeightStream(net).check_unchanged()
+    except ValueError:
+        return False
+    return True
+
+
+def _file_key(param_name: str) -> str:
+    # PEFT moves a wrapped layer's own weight to "<layer>.base_layer.weight"; the file has "<layer>.weight".
+    return param_name.replace(".base_layer.", ".")
+
+
+@dataclass
+class _Entry:
+    module: nn.Module
+    attr: str
+    begin: int
+    end: int
+    file_dtype: torch.dtype
+    shape: torch.Size
+
+
+class WeightStream:
+    """Streams the block weights of one loaded network from its safetensors file (module docstring).
+
+    ``attach()`` installs the hooks and drops the resident block weights; ``detach()`` reads them
+    back and removes the hooks. A network loaded with ``load_diffueraser(..., stream=True)`` is
+    attached from the start and never holds its block weights.
+    """
+
+    def __init__(self, net: nn.Module, device: torch.device | str | None = None):
+        source = weight_source(net)
+        if source is None:
+            raise ValueError("this network was not loaded from a DiffuEraser safetensors file (load_diffueraser), so "
+                             "its weights cannot be streamed from one; use offload 'blocks' instead")
+        self.net = net
+        self.file = source.file
+        self.dtype = source.dtype
+        self.device = torch.device(device) if device is not None else next(net.parameters()).device
+        layout, self._data_start = read_layout(self.file)
+        self.groups: list[tuple[nn.Module, list[_Entry]]] = []
+        for prefix, block in streamed_groups(net):
+            entries = []
+            for name, module in block.named_modules(prefix=prefix):
+                for attr, p in module.named_parameters(recurse=False):
+                    key = _file_key(f"{name}.{attr}")
+                    if key not in layout:
+                        continue  # an adapter's own weights (lora_A/B...): resident
+                    info = layout[key]
+                    begin, end = info["data_offsets"]
+                    entries.append(_Entry(module, attr, begin, end, FILE_DTYPES[info["dtype"]],
+                                          torch.Size(info["shape"])))
+            entries.sort(key=lambda e: e.begin)  # file order: sequential reads
+            self.groups.append((block, entries))
+        self._handles: list[Any] = []
+
+    # -- checks ---------------------------------------------------------------------------
+    def check_unchanged(self) -> None:
+        """Raise if a streamed parameter no longer holds the weights loaded from the file."""
+        stamps = weight_source(self.net).stamps
+        changed = []
+        for prefix, block in streamed_groups(self.net):
+            for name, p in block.named_parameters(prefix=prefix):
+                key = _file_key(name)
+                if key not in stamps or _is_placeholder(p):
+                    continue
+                if (p.data_ptr(), p._version) != stamps[key]:
+                    changed.append(key)
+        if changed:
+            raise ValueError(f"{len(changed)} weights of this network changed since it was loaded (e.g. {changed[0]}; "
+                             "a fused LoRA or training does that), so they cannot be re-read from "
+                             f"{self.file.name}; use offload 'blocks' or 'windows' instead of 'stream'")
+
+    # -- moving weights -------------------------------------------------------------------
+    def load(self, index: int) -> None:
+        _, entries = self.groups[index]
+        with open(self.file, "rb", buffering=0) as fh:
+            for e in entries:
+                buffer = read_tensor(fh, self._data_start, e.begin, e.end, e.shape, e.file_dtype,
+                                     name=f"{self.file}: {e.attr}")
+                e.module._parameters[e.attr].data = buffer.to(device=self.device, dtype=self.dtype)
+
+    def drop(self, index: int) -> None:
+        for e in self.groups[index][1]:
+            e.module._parameters[e.attr].data = placeholder(e.shape, self.dtype, self.device)
+
+    # -- hooks ----------------------------------------------------------------------------
+    def attach(self) -> "WeightStream":
+        if is_streaming(self.net):
+            raise ValueError("this network already streams its weights")
+        self.check_unchanged()
+        for i, (block, _) in enumerate(self.groups):
+            self._handles.append(block.register_forward_pre_hook(lambda m, a, i=i: self.load(i)))
+            self._handles.append(block.register_forward_hook(lambda m, a, o, i=i: self.drop(i)))
+            self.drop(i)
+        setattr(self.net, _STREAM_ATTR, self)
+        return self
+
+    def detach(self, device: torch.device | str | None = None) -> None:
+        """Read every block back (resident again, on ``device`` if given) and remove the hooks."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        if device is not None:
+            self.device = torch.device(device)
+        for i in range(len(self.groups)):
+            self.load(i)
+        source = weight_source(self.net)
+        source.stamps.update({_file_key(name): (p.data_ptr(), p._version) for name, p in self.net.named_parameters()
+                              if _file_key(name) in source.stamps})
+        if getattr(self.net, _STREAM_ATTR, None) is self:
+            delattr(self.net, _STREAM_ATTR)
