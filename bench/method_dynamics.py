@@ -489,16 +489,12 @@ def _tail_mean(values: Sequence[float], frac: float = 0.2) -> float:
 
 
 def _rolling(values: Sequence[float], window: int) -> np.ndarray:
+    """Trailing mean over up to ``window`` values (fewer at the start)."""
     v = np.asarray(values, np.float64)
-    if len(v) == 0:
-        return v
-    window = max(1, min(window, len(v)))
     c = np.cumsum(np.insert(v, 0, 0.0))
-    out = np.empty_like(v)
-    for i in range(len(v)):
-        lo = max(0, i - window + 1)
-        out[i] = (c[i + 1] - c[lo]) / (i + 1 - lo)
-    return out
+    i = np.arange(len(v))
+    lo = np.maximum(0, i - max(1, min(window, len(v))) + 1)
+    return (c[i + 1] - c[lo]) / (i + 1 - lo)
 
 
 def _zone_gap(h: dict[str, list[float]], zone: str, member: str = "") -> np.ndarray:
@@ -840,7 +836,6 @@ def plot(result: dict, path: Path) -> None:
     fig.tight_layout()
     _save_small_png(fig, Path(path))
     plt.close(fig)
-
 
 
 def table(result: dict) -> str:
