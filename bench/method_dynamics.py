@@ -1,8 +1,10 @@
-"""Does the method do what the design document claims?  A small-scale, CPU-only check.
+"""Does the method do what the design document claims?  A small-scale, CPU-only check, run by the product trainer.
 
 A small inpainting denoiser is pre-trained briefly with plain L2 on synthetic latent clips whose
-truth is known, then fine-tuned from that same start, on the same GT-pairs, noise draws and
-timesteps, with objectives that all come out of ``rrdpo_core.loss.region_reg_dpo_loss``:
+truth is known. Then :func:`rrdpo_core.train.run_training` — the trainer the nodes and the command
+line use: its batching, pair step, loss, optimiser, log and LoRA file — fine-tunes a Region-DPO
+LoRA on it once per objective, from the same start, on the same stored pairs and seed (so the same
+batches, noise draws, timesteps and LoRA initialisation):
 
     diffusion_dpo    alpha = (1, 1, 1),      rho = 0                 (Diffusion-DPO)
     reg_dpo          alpha = (1, 1, 1),      rho = (100, 100, 100)   (Reg-DPO, constant anchor)
@@ -12,36 +14,34 @@ timesteps, with objectives that all come out of ``rrdpo_core.loss.region_reg_dpo
 (beta = 1000 throughout). Two more can be added with ``--objectives``: ``region_dpo`` (zone
 weights, no anchor) and ``region_reg_dpo_dgr`` (the anchor scaled by DGR, seed §4.8).
 
-Every step records, per objective, what the trainer logs (DGR per sample and its timestep, win/lose
-gaps, implicit accuracy, loser-dominant ratio, per-zone winner/loser errors of model and
-reference). At the end every fine-tuned model and the start are measured on held-out clips: the
-per-zone ε-error over a fixed grid of timesteps, and the per-zone PSNR of DDIM samples against the
-truth. The script writes one JSON and one figure, and prints a table and a verdict per claim.
+This script contributes only the data (synthetic latent clips and losers, written as a pairs folder
+in the ``rrdpo_core.pairs`` format), the denoiser and its pre-training, the evaluation of the saved
+LoRAs on held-out clips (per-zone ε-error over a grid of timesteps, per-zone PSNR of DDIM samples),
+and the judgement, figure and table; the per-step curves are the trainer's own log records.
 
-Scale: it works directly in a 4-channel 16x16 latent space (no VAE). The "latents" are synthetic
-textured clips (smooth fields, oriented stripes, flat objects; a camera pan); masks are the
-project's random-shape / random-motion masks drawn at 8x that size and turned into latent zones as
-the trainer does. Losers are the GT corrupted inside the hole (a blur, as a propagation prior
-leaves, or another clip's texture, a hallucination), feathered across the boundary band as a
-blended result is, and equal to the GT in the context. The denoiser is a small diffusers
-``UNet2DModel`` on ``cat[x_t, masked latents, mask]``, fine-tuned through a zero-initialised peft
-LoRA; the tiny DiffuEraser (BrushNet + motion UNet) costs tens of times more per step and does not
-fit the 15-minute CPU budget (see docs/method_dynamics.md).
+Scale: a 4-channel 16x16 latent space (no VAE). The "latents" are synthetic textured clips
+(smooth fields, oriented stripes, flat objects; a camera pan); masks are the project's random-shape
+/ random-motion masks drawn at 8x that size (the trainer turns them into latent zones). Losers are
+the GT corrupted inside the hole (a blur, as a propagation prior leaves, or another clip's texture,
+a hallucination), feathered across the boundary band, and equal to the GT in the context. The
+denoiser is a small diffusers ``UNet2DModel`` on ``cat[x_t, masked latents, known mask]`` with the
+trainer's model surface (``predict_eps``, ``unet``, ``region_lora_targets``); the tiny DiffuEraser
+costs ~15x more per step and does not fit the CPU budget (see docs/method_dynamics.md).
 
 Usage::
 
     python3 bench/method_dynamics.py                    # full setting -> docs/method_dynamics.{json,png}
     python3 bench/method_dynamics.py --setting fast --out-dir /tmp/md   # a few steps (the test)
-    python3 bench/method_dynamics.py --from-json docs/method_dynamics.json   # re-draw, no training
+    python3 bench/method_dynamics.py --from-json docs/method_dynamics.json   # re-judge and re-draw, no training
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -60,11 +60,21 @@ if str(REPO_ROOT) not in sys.path:
 
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel  # noqa: E402
 
-from rrdpo_core.loss import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RHO, region_reg_dpo_loss  # noqa: E402
+from rrdpo_core.conditioning import condition_channels, known_mask_latent  # noqa: E402
+from rrdpo_core.fsutil import atomic_save_safetensors, atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
+from rrdpo_core.loss import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RHO  # noqa: E402
 from rrdpo_core.masks import random_mask_sequence  # noqa: E402
+from rrdpo_core.pairs.format import (  # noqa: E402
+    DATASET_FILE, PAIRS_FORMAT, PAIRS_VERSION, SAMPLES_DIR, TEXT_FILE, PairEntry, PairSettings, sample_name,
+)
+from rrdpo_core.region_lora import apply_region_lora, load_region_lora, remove_region_lora  # noqa: E402
+from rrdpo_core.train.batching import make_pair_batch  # noqa: E402
+from rrdpo_core.train.config import TrainConfig  # noqa: E402
+from rrdpo_core.train.pair_step import sd15_alphas_cumprod  # noqa: E402
+from rrdpo_core.train.trainer import run_training  # noqa: E402
 from rrdpo_core.zones import LATENT_FACTOR, ZONE_NAMES, decompose_zones  # noqa: E402
 
-__all__ = ["Objective", "Settings", "OBJECTIVES", "SETTINGS", "run", "plot", "main"]
+__all__ = ["Objective", "Settings", "OBJECTIVES", "SETTINGS", "run", "plot", "table", "main"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -73,7 +83,7 @@ __all__ = ["Objective", "Settings", "OBJECTIVES", "SETTINGS", "run", "plot", "ma
 
 @dataclass(frozen=True)
 class Objective:
-    """One fine-tuning objective: the arguments of ``region_reg_dpo_loss`` that define it."""
+    """One fine-tuning objective: the trainer settings (``TrainConfig`` fields) that define it."""
 
     name: str
     label: str
@@ -109,15 +119,14 @@ class Settings:
     pretrain_steps: int = 1500
     pretrain_lr: float = 2e-3
     pretrain_batch: int = 8
-    # fine-tuning (all objectives in lock step on the same batches)
+    # fine-tuning: one product-trainer run per objective, same pairs and seed
     objectives: tuple[str, ...] = ("diffusion_dpo", "reg_dpo", "region_reg_dpo", "sft")
-    pairs: int = 192  # preference pool size (GT-pairs)
+    pairs: int = 192  # preference pairs (GT-pairs) in the folder the trainer reads
     finetune_steps: int = 300
-    finetune_lr: float = 1e-3  # LoRA; the real trainer's 2e-6 is for SD-sized weights
-    adapter: str = "lora"  # "lora" (peft, rank/alpha below; reference = the frozen start) or "full"
+    finetune_lr: float = 1e-3  # the real trainer's 2e-6 is for SD-sized weights
     lora_rank: int = 16  # spec defaults
     lora_alpha: int = 32
-    batch: int = 4  # clips (preference pairs) per step
+    batch: int = 4  # pairs per step
     beta: float = DEFAULT_BETA
     rho_scale: float = 1.0  # multiplies every objective's rho (an exploration knob; 1 = as listed)
     grad_clip: float = 1.0
@@ -132,7 +141,8 @@ class Settings:
 
     @classmethod
     def from_json(cls, data: dict) -> "Settings":
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known})
 
     def objective_list(self) -> list[Objective]:
         unknown = [n for n in self.objectives if n not in OBJECTIVES]
@@ -146,23 +156,22 @@ class Settings:
             out.append(o)
         return out
 
+    def train_config(self, o: Objective) -> TrainConfig:
+        """The product trainer's settings for one objective (no checkpoints or plots mid-run)."""
+        return TrainConfig(
+            objective="region_reg_dpo", alpha=o.alpha, rho=o.rho, beta=self.beta, rho_mode=o.rho_mode,
+            band_px=self.band_px, rank=self.lora_rank, lora_alpha=float(self.lora_alpha),
+            learning_rate=self.finetune_lr, weight_decay=0.0, max_steps=self.finetune_steps, batch_size=self.batch,
+            max_grad_norm=self.grad_clip, mixed_precision="no", timestep_range=(0, 999), seed=self.seed,
+            device="cpu", checkpoint_every=0, keep_checkpoints=1, plots=False, resume="never",
+        )
+
 
 SETTINGS: dict[str, Settings] = {
     "full": Settings(),
     # A few steps of everything, for the test: exercises every code path, proves nothing.
-    "fast": Settings(
-        latent_size=16,
-        frames=2,
-        block_channels=(8, 16),
-        pretrain_steps=3,
-        pretrain_batch=2,
-        pairs=6,
-        finetune_steps=4,
-        batch=2,
-        eval_clips=2,
-        sample_steps=2,
-        eval_timesteps=(100, 900),
-    ),
+    "fast": Settings(block_channels=(8, 16), pretrain_steps=3, pretrain_batch=2, pairs=6, finetune_steps=4, batch=2,
+                     eval_clips=2, sample_steps=2, eval_timesteps=(100, 900)),
 }
 
 
@@ -238,126 +247,147 @@ def make_loser(rng: np.random.Generator, gt: np.ndarray, zones: np.ndarray, othe
     return (gt + weight * (bad - gt)).astype(np.float32), kind
 
 
+
+
 @dataclass
 class PairPool:
-    """Preference pairs as tensors: gt/lose ``(N, F, C, h, w)``, zones ``(N, 3, F, 1, h, w)``."""
+    """Clips as tensors, with what the trainer derives from them (zones, conditioning), so the
+    evaluation sees exactly the trainer's zones and BrushNet-style condition.
+
+    ``gt``/``lose``/``masked`` ``(N, F, C, h, w)``; ``holes`` pixel masks ``(N, F, 8h, 8w)`` uint8;
+    ``zones`` ``(N, 3, F, 1, h, w)``; ``cond`` ``(N, F, C + 1, h, w)``.
+    """
 
     gt: torch.Tensor
     lose: torch.Tensor
+    masked: torch.Tensor
+    holes: torch.Tensor
     zones: torch.Tensor
+    cond: torch.Tensor
     kinds: list[str]
+    mask_seeds: list[int]
 
 
 def build_pool(n: int, s: Settings, seed: int, with_losers: bool = True) -> PairPool:
     rng = np.random.default_rng(seed)
-    gts, loses, zs, kinds = [], [], [], []
-    for i in range(n):
+    gts, loses, holes, kinds, seeds = [], [], [], [], []
+    px = s.latent_size * LATENT_FACTOR
+    for _ in range(n):
         gt = synth_clip(rng, s.frames, s.latent_size, s.channels)
-        zones = latent_zones(int(rng.integers(0, 2**31 - 1)), s.frames, s.latent_size, s.band_px).numpy()
+        seeds.append(int(rng.integers(0, 2**31 - 1)))
+        pix = random_mask_sequence(s.frames, px, px, seed=seeds[-1])
+        lose, kind = gt, "none"
         if with_losers:
-            other = synth_clip(rng, s.frames, s.latent_size, s.channels)
-            lose, kind = make_loser(rng, gt, zones, other)
-        else:
-            lose, kind = gt, "none"
-        gts.append(gt)
-        loses.append(lose)
-        zs.append(zones)
-        kinds.append(kind)
-    return PairPool(torch.from_numpy(np.stack(gts)), torch.from_numpy(np.stack(loses)), torch.from_numpy(np.stack(zs)), kinds)
+            zones = decompose_zones(pix[:, None], band_px=s.band_px, latent=True).stack(0).numpy()
+            lose, kind = make_loser(rng, gt, zones, synth_clip(rng, s.frames, s.latent_size, s.channels))
+        gts.append(torch.from_numpy(gt)), loses.append(torch.from_numpy(lose)), kinds.append(kind)
+        holes.append((torch.as_tensor(pix) > 0.5).to(torch.uint8))
+    gt, lose, hole = torch.stack(gts), torch.stack(loses), torch.stack(holes)
+    masked = gt * known_mask_latent(hole.float(), (s.latent_size, s.latent_size))
+    zero = torch.zeros(n, dtype=torch.long)
+    b = make_pair_batch(gt, lose, masked, hole.float(), zero, torch.zeros_like(gt), s.band_px)  # the trainer's zones
+    return PairPool(gt, lose, masked, hole, torch.stack(b.zones, 1), condition_channels(masked, b.known), kinds, seeds)
+
+
+def write_pairs(pool: PairPool, root: Path, s: Settings) -> Path:
+    """The pool as a preference-pair folder in the ``rrdpo_core.pairs`` format (latents stored)."""
+    f, px = s.frames, s.latent_size * LATENT_FACTOR
+    settings = PairSettings(num_frames=f, height=px, width=px, kinds=("blur", "hallucination"), seed=s.seed,
+                            sources=("synthetic",))
+    atomic_write_json(root / DATASET_FILE, {"format": PAIRS_FORMAT, "version": PAIRS_VERSION,
+                                            "settings": settings.to_dict()})
+    # The small denoiser has no cross-attention; the trainer still passes a text context along.
+    atomic_save_safetensors(root / TEXT_FILE, {"text_embeds": torch.zeros(1, 1, 1)})
+    (root / SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
+    for i, kind in enumerate(pool.kinds):
+        entry = PairEntry(index=i, file=sample_name(i), kind=kind, source="synthetic", source_index=i, start=0,
+                          num_frames=f, height=px, width=px, mask_seed=pool.mask_seeds[i], sampler_seeds=(),
+                          hole_fraction=float(pool.holes[i].float().mean()), has_latents=True)
+        tensors = {"mask": pool.holes[i], "winner_latents": pool.gt[i], "loser_latents": pool.lose[i],
+                   "masked_latents": pool.masked[i]}
+        atomic_save_safetensors(root / SAMPLES_DIR / entry.file, tensors, {"entry": json.dumps(entry.to_dict())})
+    return root
 
 
 # ------------------------------------------------------------------------------------------
 # The denoiser
 
 
-class ConvInpaintDenoiser(nn.Module):
-    """ε-prediction inpainting denoiser: a diffusers ``UNet2DModel`` on ``cat[x_t, cond]``.
+# LoRA targets: the attention projections (as on DiffuEraser) and, since this denoiser is mostly
+# convolutional, the resnet convolutions too.
+LORA_TARGETS = r".*(to_q|to_k|to_v|to_out\.0|conv1|conv2)"
 
-    Same interface as the project's DiffuEraser wrapper (``cond`` = masked latents and the known
-    mask, 5 channels), frames processed independently. Small enough that pre-training and six
-    fine-tunes of a few hundred steps fit a 2-core CPU in minutes.
+
+class SmallInpaintDenoiser(nn.Module):
+    """ε-prediction inpainting denoiser with the model surface the product trainer drives.
+
+    A diffusers ``UNet2DModel`` on ``cat[x_t, cond]`` (``cond`` = masked latents and the known
+    mask, as BrushNet's), frames processed independently; ``predict_eps`` has DiffuEraser's
+    signature (the text context is ignored: there is no cross-attention), and
+    ``region_lora_targets`` names the layers the trainer's LoRA adapts.
     """
+
+    max_frames = 32
 
     def __init__(self, channels: int, size: int, block_channels: Sequence[int]):
         super().__init__()
         n = len(block_channels)
         self.unet = UNet2DModel(
-            sample_size=size,
-            in_channels=2 * channels + 1,
-            out_channels=channels,
+            sample_size=size, in_channels=2 * channels + 1, out_channels=channels,
             block_out_channels=tuple(block_channels),
             down_block_types=("DownBlock2D",) * (n - 1) + ("AttnDownBlock2D",),
             up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * (n - 1),
-            layers_per_block=1,
-            norm_num_groups=min(8, block_channels[0]),
-            attention_head_dim=min(16, block_channels[-1]),
+            layers_per_block=1, norm_num_groups=min(8, block_channels[0]), attention_head_dim=min(16, block_channels[-1]),
         )
+        self.region_lora_targets = [name for name, m in self.unet.named_modules()
+                                    if re.fullmatch(LORA_TARGETS, name) and isinstance(m, (nn.Linear, nn.Conv2d))]
 
-    def forward(self, latents: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return self.unet(torch.cat([latents, cond], dim=1), timestep).sample
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
 
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
 
-# LoRA targets: the attention projections (as the spec's trainer) and, since this denoiser is mostly
-# convolutional, the resnet convolutions too; anything else stays frozen.
-LORA_TARGETS = r".*(to_q|to_k|to_v|to_out\.0|conv1|conv2)$"
-
-
-def trainable_copy(start: nn.Module, s: Settings) -> nn.Module:
-    """A copy of ``start`` to fine-tune: all parameters, or a zero-initialised peft LoRA on it."""
-    model = copy.deepcopy(start)
-    if s.adapter == "full":
-        return model.train().requires_grad_(True)
-    if s.adapter != "lora":
-        raise ValueError(f"adapter: must be 'lora' or 'full', got {s.adapter!r}")
-    from peft import LoraConfig, inject_adapter_in_model
-
-    model.requires_grad_(False)
-    # init_lora_weights=True zeroes B, so the copy equals the reference at step 0 (s = 0, DGR = beta/2).
-    config = LoraConfig(r=s.lora_rank, lora_alpha=s.lora_alpha, target_modules=LORA_TARGETS, init_lora_weights=True)
-    model = inject_adapter_in_model(config, model)
-    return model.train()
-
-
-def _scheduler() -> DDPMScheduler:
-    # Stable Diffusion 1.5's training schedule (DiffuEraser keeps it).
-    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-
-
-def _cond(gt: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
-    """Conditioning ``(B*F, C+1, h, w)``: masked latents and the mask (1 = known), as BrushNet's."""
-    known = 1.0 - hole
-    return torch.cat([gt * known, known], dim=2).flatten(0, 1)
+    def predict_eps(self, latents: torch.Tensor, timestep: torch.Tensor, text_embeds: torch.Tensor | None,
+                    cond_latents: torch.Tensor, num_frames: int, brushnet_scale: float = 1.0) -> torch.Tensor:
+        t = torch.as_tensor(timestep, device=latents.device).reshape(-1)
+        t = t.repeat_interleave(num_frames) if t.numel() > 1 else t.expand(latents.shape[0])  # one per clip -> frame
+        return self.unet(torch.cat([latents, cond_latents], dim=1), t).sample
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(0, 1)
 
 
+def _noised(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    ab = sd15_alphas_cumprod()[t].view(-1, *([1] * (x0.ndim - 1)))  # SD1.5's schedule, as the trainer's
+    return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+
 # ------------------------------------------------------------------------------------------
-# Training
+# Pre-training (the bench's) and fine-tuning (the product trainer's)
 
 
-def pretrain(model: nn.Module, s: Settings, log: Callable[[str], None]) -> list[float]:
-    """Plain L2 (ε) training on fresh clips: the "Stage 1/2" model everyone fine-tunes from."""
-    sched = _scheduler()
+def pretrain(model: SmallInpaintDenoiser, s: Settings, log: Callable[[str], None]) -> list[float]:
+    """Plain L2 (ε) training on fresh clips: the "Stage 1/2" model every objective fine-tunes from."""
     opt = torch.optim.AdamW(model.parameters(), lr=s.pretrain_lr, weight_decay=0.0)
-    lr_at = lambda k: s.pretrain_lr * 0.5 * (1 + math.cos(math.pi * k / max(1, s.pretrain_steps)))  # noqa: E731
     g = torch.Generator().manual_seed(s.seed + 1)
-    losses = []
+    losses: list[float] = []
     chunk = 50
     for start in range(0, s.pretrain_steps, chunk):
-        pool = build_pool(min(chunk, s.pretrain_steps - start) * s.pretrain_batch, s, seed=s.seed * 7919 + 11 + start, with_losers=False)
-        for k in range(min(chunk, s.pretrain_steps - start)):
+        n = min(chunk, s.pretrain_steps - start)
+        pool = build_pool(n * s.pretrain_batch, s, seed=s.seed * 7919 + 11 + start, with_losers=False)
+        for k in range(n):
             step = start + k
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step)
+            for group in opt.param_groups:  # cosine decay
+                group["lr"] = s.pretrain_lr * 0.5 * (1 + math.cos(math.pi * step / max(1, s.pretrain_steps)))
             sl = slice(k * s.pretrain_batch, (k + 1) * s.pretrain_batch)
-            gt, hole = pool.gt[sl], pool.zones[sl, 0]
-            b = gt.shape[0]
-            t = torch.randint(0, 1000, (b,), generator=g).repeat_interleave(s.frames)
+            gt = pool.gt[sl]
+            t = torch.randint(0, 1000, (gt.shape[0],), generator=g)
             noise = torch.randn(gt.shape, generator=g)
-            x_t = sched.add_noise(_flat(gt), _flat(noise), t)
-            pred = model(x_t, t, _cond(gt, hole))
+            pred = model.predict_eps(_flat(_noised(gt, noise, t)), t, None, _flat(pool.cond[sl]), s.frames)
             loss = (pred - _flat(noise)).pow(2).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -369,123 +399,71 @@ def pretrain(model: nn.Module, s: Settings, log: Callable[[str], None]) -> list[
     return losses
 
 
-_LOG_KEYS = ("loss", "dpo", "sft", "s", "dgr", "win_gap", "lose_gap", "implicit_acc", "loser_dominant_ratio")
+_LOG_KEYS = ("loss", "dpo", "sft", "s", "dgr", "win_gap", "lose_gap", "implicit_acc", "loser_dominant_ratio",
+             *(f"e_{z}_{m}" for z in ZONE_NAMES for m in ("model", "ref", "lose_model", "lose_ref")),
+             "dgr_per_sample", "t_per_sample")
 
 
-def finetune(
-    start: nn.Module, s: Settings, pool: PairPool, objectives: Sequence[Objective], log: Callable[[str], None]
-) -> tuple[dict[str, nn.Module], dict[str, dict[str, list[float]]], list[list[int]]]:
-    """Fine-tune one copy of ``start`` per objective, in lock step on identical batches.
-
-    The reference is ``start`` itself (frozen), evaluated once per step and shared by all
-    objectives: at step 0 every policy equals it, so ``s = 0`` and ``DGR = beta / 2`` exactly.
-    """
-    sched = _scheduler()
-    ref = start.eval().requires_grad_(False)
-    models = {}
+def finetune(model: SmallInpaintDenoiser, s: Settings, pairs_dir: Path, objectives: Sequence[Objective],
+             work: Path, log: Callable[[str], None]) -> tuple[dict[str, Path], dict[str, dict[str, list]]]:
+    """One :func:`rrdpo_core.train.run_training` run per objective; its LoRA file and its log records."""
+    loras, hist = {}, {}
     for o in objectives:
-        torch.manual_seed(s.seed + 3)  # the same LoRA initialisation for every objective
-        models[o.name] = trainable_copy(start, s)
-    opts = {
-        n: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=s.finetune_lr, weight_decay=0.0)
-        for n, m in models.items()
-    }
-    hist: dict[str, dict[str, list[float]]] = {o.name: {} for o in objectives}
-    timesteps: list[list[int]] = []
-    g = torch.Generator().manual_seed(s.seed + 2)
-    n_pool = pool.gt.shape[0]
-    for step in range(s.finetune_steps):
-        idx = torch.randint(0, n_pool, (s.batch,), generator=g)
-        gt, lose, zones = pool.gt[idx], pool.lose[idx], pool.zones[idx]  # (B, F, C, h, w), (B, 3, F, 1, h, w)
-        t_clip = torch.randint(0, 1000, (s.batch,), generator=g)  # one timestep per clip
-        t = t_clip.repeat_interleave(s.frames)
-        timesteps.append(t_clip.tolist())
-        noise = torch.randn(gt.shape, generator=g)  # one draw shared by winner and loser
-        x_w = sched.add_noise(_flat(gt), _flat(noise), t)
-        x_l = sched.add_noise(_flat(lose), _flat(noise), t)
-        cond = _cond(gt, zones[:, 0])  # the same conditioning for both members
-        x = torch.cat([x_w, x_l])
-        tt = torch.cat([t, t])
-        cc = torch.cat([cond, cond])
-        shape = gt.shape
-        zone_list = [zones[:, r] for r in range(3)]  # each (B, F, 1, h, w), broadcasts over channels
-        with torch.no_grad():
-            ref_w, ref_l = ref(x, tt, cc).chunk(2)
-        for o in objectives:
-            model, opt = models[o.name], opts[o.name]
-            pred_w, pred_l = model(x, tt, cc).chunk(2)
-            out = region_reg_dpo_loss(
-                pred_w.reshape(shape),
-                pred_l.reshape(shape),
-                ref_w.reshape(shape),
-                ref_l.reshape(shape),
-                noise,
-                noise,
-                zone_list,
-                alpha=o.alpha,
-                rho=o.rho,
-                beta=s.beta,
-                rho_mode=o.rho_mode,
-            )
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-            opt.step()
-            sc = out.scalars()
-            rec = {k: sc[k] for k in _LOG_KEYS}
-            for z in ZONE_NAMES:
-                for suffix in ("model", "ref", "lose_model", "lose_ref"):
-                    rec[f"e_{z}_{suffix}"] = sc[f"e_{z}_{suffix}"]
-            h = hist[o.name]
-            for k, v in rec.items():
-                h.setdefault(k, []).append(v)
-            h.setdefault("dgr_per_sample", []).append(out.dgr.tolist())
-        if step % 50 == 0 or step == s.finetune_steps - 1:
-            msg = "  ".join(f"{o.name} dgr {hist[o.name]['dgr'][-1]:7.2f}" for o in objectives)
-            log(f"finetune step {step:4d}  {msg}")
-    return models, hist, timesteps
+        records: list[dict] = []
+        result = run_training(model, pairs_dir, None, s.train_config(o), out_dir=work / o.name, on_log=records.append)
+        loras[o.name] = result.lora_path
+        hist[o.name] = {k: [r[k] for r in records] for k in _LOG_KEYS}
+        log(f"finetune {o.name:>18}: {len(records)} steps, DGR {records[0]['dgr']:.1f} -> {records[-1]['dgr']:.3g}, "
+            f"implicit acc {records[-1]['implicit_acc']:.2f}")
+    return loras, hist
 
 
 # ------------------------------------------------------------------------------------------
-# Evaluation
+# Evaluation of a saved LoRA
 
 
 @torch.no_grad()
-def sample(model: nn.Module, s: Settings, pool: PairPool, seed: int) -> torch.Tensor:
+def sample(model: SmallInpaintDenoiser, s: Settings, pool: PairPool, seed: int) -> torch.Tensor:
     """DDIM (eta 0) completion of every clip of ``pool`` from one seeded noise draw."""
-    sched = DDIMScheduler.from_config(_scheduler().config, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    train = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    sched = DDIMScheduler.from_config(train.config, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     sched.set_timesteps(s.sample_steps)
-    model.eval()
     g = torch.Generator().manual_seed(seed)
-    gt, hole = pool.gt, pool.zones[:, 0]
-    x = torch.randn(_flat(gt).shape, generator=g)
-    cond = _cond(gt, hole)
+    x = torch.randn(_flat(pool.gt).shape, generator=g)
+    cond, clips = _flat(pool.cond), pool.gt.shape[0]
     for t in sched.timesteps:
-        eps = model(x, t.expand(x.shape[0]), cond)
-        x = sched.step(eps, t, x).prev_sample
-    return x.reshape(gt.shape)
+        x = sched.step(model.predict_eps(x, t.repeat(clips), None, cond, s.frames), t, x).prev_sample
+    return x.reshape(pool.gt.shape)
 
 
 @torch.no_grad()
-def eps_errors(model: nn.Module, s: Settings, pool: PairPool, seed: int) -> dict[str, dict[str, float]]:
+def eps_errors(model: SmallInpaintDenoiser, s: Settings, pool: PairPool, seed: int) -> dict[str, dict[str, float]]:
     """Held-out ε-prediction error per zone (normalised as the loss: by the whole clip size), for
     the winner (GT) and the loser, averaged over a fixed grid of timesteps and one noise draw each."""
-    sched = _scheduler()
-    model.eval()
     g = torch.Generator().manual_seed(seed)
-    cond = _cond(pool.gt, pool.zones[:, 0])
-    n = pool.gt[0].numel()
+    n, cond = pool.gt[0].numel(), _flat(pool.cond)
     acc = {m: torch.zeros(3, dtype=torch.float64) for m in ("win", "lose")}
     for t_val in s.eval_timesteps:
         noise = torch.randn(pool.gt.shape, generator=g)
-        t = torch.full((cond.shape[0],), int(t_val), dtype=torch.long)
+        t = torch.full((pool.gt.shape[0],), int(t_val), dtype=torch.long)
         for member, x0 in (("win", pool.gt), ("lose", pool.lose)):
-            pred = model(sched.add_noise(_flat(x0), _flat(noise), t), t, cond).reshape(x0.shape)
+            pred = model.predict_eps(_flat(_noised(x0, noise, t)), t, None, cond, s.frames).reshape(x0.shape)
             sq = (pred - noise).pow(2)
             for r in range(3):
                 acc[member][r] += (sq * pool.zones[:, r]).flatten(1).sum(1).mean().double() / n
     k = len(s.eval_timesteps)
     return {m: {z: float(v[r] / k) for r, z in enumerate(ZONE_NAMES)} for m, v in acc.items()}
+
+
+def evaluate(model: SmallInpaintDenoiser, s: Settings, pool: PairPool, lora: Path | None) -> tuple[dict, dict]:
+    """Sampled per-zone PSNR and held-out ε-errors of the start (``lora=None``) or the start plus a saved LoRA."""
+    if lora is not None:
+        apply_region_lora(model, lora)  # the file the trainer wrote, through the product's loader
+    try:
+        return zone_psnr(sample(model, s, pool, seed=s.seed + 99), pool.gt, pool.zones), \
+            eps_errors(model, s, pool, seed=s.seed + 98)
+    finally:
+        remove_region_lora(model)
 
 
 def zone_psnr(x: torch.Tensor, truth: torch.Tensor, zones: torch.Tensor, peak_to_peak: float = 2.0) -> dict[str, float]:
@@ -511,16 +489,12 @@ def _tail_mean(values: Sequence[float], frac: float = 0.2) -> float:
 
 
 def _rolling(values: Sequence[float], window: int) -> np.ndarray:
+    """Trailing mean over up to ``window`` values (fewer at the start)."""
     v = np.asarray(values, np.float64)
-    if len(v) == 0:
-        return v
-    window = max(1, min(window, len(v)))
     c = np.cumsum(np.insert(v, 0, 0.0))
-    out = np.empty_like(v)
-    for i in range(len(v)):
-        lo = max(0, i - window + 1)
-        out[i] = (c[i + 1] - c[lo]) / (i + 1 - lo)
-    return out
+    i = np.arange(len(v))
+    lo = np.maximum(0, i - max(1, min(window, len(v))) + 1)
+    return (c[i + 1] - c[lo]) / (i + 1 - lo)
 
 
 def _zone_gap(h: dict[str, list[float]], zone: str, member: str = "") -> np.ndarray:
@@ -669,94 +643,62 @@ def _half_step(h: dict[str, list[float]], zone: str) -> int | None:
     return int(hit[0]) if len(hit) else None
 
 
+
 # ------------------------------------------------------------------------------------------
 # Driver
 
 
-def _set_determinism(seed: int, threads: int) -> None:
-    torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    torch.use_deterministic_algorithms(True)
-
-
-_LOSS_KEY = "__pretrain_l2__"
-
-
-def _pretrained(s: Settings, log: Callable[[str], None], cache_dir: Path | None) -> tuple[nn.Module, list[float]]:
-    """The pre-trained start; optionally cached (safetensors) by the settings that decide it."""
-    model = ConvInpaintDenoiser(s.channels, s.latent_size, s.block_channels)
-    key = (s.seed, s.latent_size, s.frames, s.channels, s.band_px, s.block_channels, s.pretrain_steps, s.pretrain_lr, s.pretrain_batch)
-    path = None
-    if cache_dir is not None:
-        import hashlib
-
-        from safetensors.torch import load_file, save_file
-
-        path = Path(cache_dir) / f"pretrained_{hashlib.sha1(repr(key).encode()).hexdigest()[:12]}.safetensors"
-        if path.is_file():
-            state = load_file(str(path))
-            stored = state.pop(_LOSS_KEY, None)
-            losses = stored.tolist() if stored is not None else []
-            model.load_state_dict(state)
-            log(f"pretrained start loaded from {path}")
-            return model, losses
-    losses = pretrain(model, s, log)
-    if path is not None:
-        state = {k: v.contiguous() for k, v in model.state_dict().items()}
-        state[_LOSS_KEY] = torch.tensor(losses, dtype=torch.float64)
-        _atomic_write(path, lambda p: save_file(state, p))
-    return model, losses
-
-
-def run(s: Settings, log: Callable[[str], None] = print, cache_dir: Path | None = None) -> dict:
-    """Pre-train, fine-tune every objective, evaluate, and return the JSON-ready result."""
-    s.objective_list()  # validates the names before any work
+def run(s: Settings, log: Callable[[str], None] = print) -> dict:
+    """Pre-train, fine-tune every objective with the product trainer, evaluate, and return the JSON-ready result."""
+    objectives = s.objective_list()  # validates the names before any work
     threads_before, det_before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(s.threads)
+    torch.manual_seed(s.seed)
+    torch.use_deterministic_algorithms(True)
     try:
-        return _run(s, log, cache_dir)
+        with tempfile.TemporaryDirectory(prefix="method_dynamics_") as tmp:
+            return _run(s, objectives, Path(tmp), log)
     finally:  # leave the process as it was (the test suite runs in the same interpreter)
         torch.set_num_threads(threads_before)
         torch.use_deterministic_algorithms(det_before)
 
 
-def _run(s: Settings, log: Callable[[str], None], cache_dir: Path | None) -> dict:
-    _set_determinism(s.seed, s.threads)
+def _run(s: Settings, objectives: list[Objective], work: Path, log: Callable[[str], None]) -> dict:
     load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     timing = {}
     t0 = time.perf_counter()
-    model, pre_losses = _pretrained(s, log, cache_dir)
-    model.requires_grad_(False)
+    model = SmallInpaintDenoiser(s.channels, s.latent_size, s.block_channels)
+    pre_losses = pretrain(model, s, log)
+    model.requires_grad_(False).eval()
     timing["pretrain_s"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
     pool = build_pool(s.pairs, s, seed=s.seed * 104729 + 3)
     eval_pool = build_pool(s.eval_clips, s, seed=s.seed * 104729 + 5)
-    objectives = s.objective_list()
-    models, hist, timesteps = finetune(model, s, pool, objectives, log)
+    loras, hist = finetune(model, s, write_pairs(pool, work / "pairs", s), objectives, work / "runs", log)
     timing["finetune_s"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
     psnr, eps = {}, {}
-    for name, m in [("reference", model), *models.items()]:
-        psnr[name] = zone_psnr(sample(m, s, eval_pool, seed=s.seed + 99), eval_pool.gt, eval_pool.zones)
-        eps[name] = eps_errors(m, s, eval_pool, seed=s.seed + 98)
+    for name, lora in [("reference", None), *loras.items()]:
+        psnr[name], eps[name] = evaluate(model, s, eval_pool, lora)
     timing["eval_s"] = time.perf_counter() - t2
     timing["total_s"] = time.perf_counter() - t0
 
-    summary = summarise(hist, psnr, eps, timesteps, s)
-    zone_frac = {z: float(pool.zones[:, r].mean()) for r, z in enumerate(ZONE_NAMES)}
-    trainable = sum(p.numel() for p in next(iter(models.values())).parameters() if p.requires_grad) if models else 0
-    return {
+    timesteps = next(iter(hist.values()))["t_per_sample"] if hist else []
+    trainable = sum(v.numel() for v in load_region_lora(next(iter(loras.values()))).state_dict.values()) if loras else 0
+    result = {
         "settings": s.to_json(),
+        "trainer": "rrdpo_core.train.run_training (one run per objective; curves = its log records)",
         "objectives": {o.name: asdict(o) for o in objectives},
-        "data": {"pool_zone_fraction": zone_frac, "loser_kinds": {k: pool.kinds.count(k) for k in sorted(set(pool.kinds))}},
+        "data": {"pool_zone_fraction": {z: float(pool.zones[:, r].mean()) for r, z in enumerate(ZONE_NAMES)},
+                 "loser_kinds": {k: pool.kinds.count(k) for k in sorted(set(pool.kinds))}},
         "pretrain_l2": _round(pre_losses[:: max(1, len(pre_losses) // 100)]),
         "timesteps": timesteps,
-        "history": {n: {k: (_round(v) if k != "dgr_per_sample" else [_round(x) for x in v]) for k, v in h.items()} for n, h in hist.items()},
+        "history": {n: {k: ([_round(x) for x in v] if k == "dgr_per_sample" else v if k == "t_per_sample" else _round(v))
+                        for k, v in h.items()} for n, h in hist.items()},
         "psnr": psnr,
         "heldout_eps_error": eps,
-        **summary,
         "parameters": {"denoiser": sum(p.numel() for p in model.parameters()), "trainable": trainable},
         "timing": timing,
         "conditions": {
@@ -768,6 +710,13 @@ def _run(s: Settings, log: Callable[[str], None], cache_dir: Path | None) -> dic
             "python": platform.python_version(),
         },
     }
+    return rejudge(result)
+
+
+def rejudge(result: dict) -> dict:
+    """The per-objective summary and the verdict on each claim, from a result's stored values."""
+    s = Settings.from_json(result["settings"])
+    return {**result, **summarise(result["history"], result["psnr"], result["heldout_eps_error"], result["timesteps"], s)}
 
 
 def _round(values: Sequence[float], digits: int = 4) -> list[float]:
@@ -880,25 +829,13 @@ def plot(result: dict, path: Path) -> None:
     ax[7].set_title("held-out samples: PSNR change vs start (dB)")
     ax[7].grid(alpha=0.3, axis="y")
     fig.suptitle(
-        f"Method dynamics at small scale ({s['adapter']} fine-tuning, lr {s['finetune_lr']:g}, β {s['beta']:g}, "
+        f"Method dynamics at small scale (product trainer, LoRA r{s['lora_rank']}, lr {s['finetune_lr']:g}, β {s['beta']:g}, "
         f"{s['pairs']} GT-pairs, batch {s['batch']}, seed {s['seed']}; curves: rolling mean/median over {window} steps)",
         fontsize=11,
     )
     fig.tight_layout()
-    _atomic_write(path, lambda p: _save_small_png(fig, p))
+    _save_small_png(fig, Path(path))
     plt.close(fig)
-
-
-def _save_small_png(fig, path: str) -> None:
-    """Save as a 256-colour palette PNG: a line plot loses nothing visible, the file shrinks ~3x."""
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=72, format="png")
-    buf.seek(0)
-    Image.open(buf).convert("RGB").quantize(colors=256).save(path, format="PNG", optimize=True)
 
 
 def table(result: dict) -> str:
@@ -936,29 +873,18 @@ def table(result: dict) -> str:
     return "\n".join(rows)
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are ordinary, shareable outputs
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
+def _save_small_png(fig, path: Path) -> None:
+    """Save as a 256-colour palette PNG: a line plot loses nothing visible, the file shrinks ~3x."""
+    import io
 
-def write_json(result: dict, path: Path) -> None:
-    def write(p: str) -> None:
-        with open(p, "w", encoding="utf-8") as fh:
-            # Compact: the per-step lists dominate and nobody reads them by eye.
-            json.dump(result, fh, separators=(",", ":"), allow_nan=False)
-            fh.write("\n")
+    from PIL import Image
 
-    _atomic_write(path, write)
+    buf, out = io.BytesIO(), io.BytesIO()
+    fig.savefig(buf, dpi=72, format="png")
+    buf.seek(0)
+    Image.open(buf).convert("RGB").quantize(colors=256).save(out, format="PNG", optimize=True)
+    atomic_write_bytes(path, out.getvalue())
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -967,13 +893,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=None, help="override the setting's seed")
     ap.add_argument("--steps", type=int, default=None, help="override the number of fine-tuning steps")
     ap.add_argument("--lr", type=float, default=None, help="override the fine-tuning learning rate")
+    ap.add_argument("--beta", type=float, default=None, help="override beta")
+    ap.add_argument("--rho-scale", type=float, default=None, help="multiply every objective's rho")
     ap.add_argument("--objectives", default=None, help=f"comma list from {','.join(OBJECTIVES)}")
     ap.add_argument("--out-dir", type=Path, default=REPO_ROOT / "docs")
     ap.add_argument("--name", default="method_dynamics", help="output file stem")
-    ap.add_argument("--adapter", choices=("lora", "full"), default=None, help="override what is fine-tuned")
-    ap.add_argument("--beta", type=float, default=None, help="override beta")
-    ap.add_argument("--cache", type=Path, default=None, help="folder to cache the pre-trained start in (exploration)")
-    ap.add_argument("--rho-scale", type=float, default=None, help="multiply every objective's rho")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--from-json", type=Path, default=None,
                     help="re-judge and re-draw a result this script wrote, without training (from its stored 4-digit "
@@ -981,47 +905,23 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     if args.from_json is not None:
         result = rejudge(json.loads(Path(args.from_json).read_text(encoding="utf-8")))
-        _report(result, args.out_dir, args.name, not args.no_plot)
-        return result
-    s = SETTINGS[args.setting]
-    over = {}
-    if args.seed is not None:
-        over["seed"] = args.seed
-    if args.steps is not None:
-        over["finetune_steps"] = args.steps
-    if args.lr is not None:
-        over["finetune_lr"] = args.lr
-    if args.adapter is not None:
-        over["adapter"] = args.adapter
-    if args.beta is not None:
-        over["beta"] = args.beta
-    if args.rho_scale is not None:
-        over["rho_scale"] = args.rho_scale
-    if args.objectives:
-        over["objectives"] = tuple(x.strip() for x in args.objectives.split(",") if x.strip())
-    s = replace(s, **over)
-    result = run(s, cache_dir=args.cache)
-    _report(result, args.out_dir, args.name, not args.no_plot)
-    return result
-
-
-def rejudge(result: dict) -> dict:
-    """Recompute the per-objective summary and the claims of a stored result (no training)."""
-    s = Settings.from_json(result["settings"])
-    summary = summarise(result["history"], result["psnr"], result["heldout_eps_error"], result["timesteps"], s)
-    return {**result, **summary}
-
-
-def _report(result: dict, out_dir: Path, name: str, with_plot: bool) -> None:
-    write_json(result, out_dir / f"{name}.json")
-    if with_plot:
-        plot(result, out_dir / f"{name}.png")
+    else:
+        over = {"seed": args.seed, "finetune_steps": args.steps, "finetune_lr": args.lr, "beta": args.beta,
+                "rho_scale": args.rho_scale}
+        if args.objectives:
+            over["objectives"] = tuple(x.strip() for x in args.objectives.split(",") if x.strip())
+        result = run(replace(SETTINGS[args.setting], **{k: v for k, v in over.items() if v is not None}))
+    # Compact JSON: the per-step lists dominate and nobody reads them by eye.
+    atomic_write_text(args.out_dir / f"{args.name}.json", json.dumps(result, separators=(",", ":"), allow_nan=False) + "\n")
+    if not args.no_plot:
+        plot(result, args.out_dir / f"{args.name}.png")
     print(table(result))
     for k, c in result["claims"].items():
         print(f"- {k}: {'HOLDS' if c['holds'] else 'does NOT hold'} — {c['claim']}")
     t = result["timing"]
-    print(f"time: pretrain {t['pretrain_s']:.0f}s, fine-tune {t['finetune_s']:.0f}s, eval {t['eval_s']:.0f}s, total {t['total_s']:.0f}s "
-          f"on {result['conditions']['cpu_count']} CPUs ({result['conditions']['torch_threads']} torch threads)")
+    print(f"time: pretrain {t['pretrain_s']:.0f}s, fine-tune {t['finetune_s']:.0f}s, eval {t['eval_s']:.0f}s, total "
+          f"{t['total_s']:.0f}s on {result['conditions']['cpu_count']} CPUs ({result['conditions']['torch_threads']} torch threads)")
+    return result
 
 
 if __name__ == "__main__":

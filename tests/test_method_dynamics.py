@@ -1,5 +1,6 @@
 """The method-dynamics benchmark (bench/method_dynamics.py) in its fast setting: a few steps of
-every phase, so the script cannot rot. Checks that a seed fixes the result and that the JSON holds
+every phase (pre-training, product-trainer fine-tuning, evaluation of the saved LoRAs), so the
+script cannot rot. Checks that a seed fixes the result and that the JSON holds
 every field the README's table and the figure are built from, with finite values."""
 from __future__ import annotations
 
@@ -74,6 +75,11 @@ def test_json_has_the_fields_and_finite_values(md, cli_result):
         assert hist["dgr"][0] == pytest.approx(s.beta / 2)
         assert hist["win_gap"][0] == 0.0
     assert len(data["timesteps"]) == s.finetune_steps
+    # the trainer's log gives one timestep and one DGR per pair; every run shares the seed, so the same timesteps
+    assert all(len(t) == s.batch for t in data["timesteps"])
+    assert all(h["t_per_sample"] == data["timesteps"] for h in data["history"].values())
+    assert all(len(d) == s.batch for h in data["history"].values() for d in h["dgr_per_sample"])
+    assert data["parameters"]["trainable"] > 0
     for zone in ("hole", "boundary", "context"):
         assert zone in data["psnr"]["reference"]
         assert zone in data["heldout_eps_error"]["reference"]["win"]

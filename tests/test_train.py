@@ -109,6 +109,43 @@ def test_step_zero_is_exactly_the_reference(model, pairs, tmp_path):
     assert list_adapters(model.unet) == []  # the model is handed back as it was
 
 
+class ConvDenoiser(torch.nn.Module):
+    """The smallest model with the trainer's model surface: no attention, so it names its LoRA targets."""
+
+    def __init__(self):
+        super().__init__()
+        self.unet = torch.nn.Sequential(torch.nn.Conv2d(9, 8, 3, padding=1), torch.nn.SiLU(),
+                                        torch.nn.Conv2d(8, 4, 3, padding=1))
+        self.region_lora_targets = ["0", "2"]
+
+    dtype = property(lambda self: self.unet[0].weight.dtype)
+    device = property(lambda self: self.unet[0].weight.device)
+
+    def predict_eps(self, latents, timestep, text_embeds, cond_latents, num_frames, brushnet_scale=1.0):
+        return self.unet(torch.cat([latents, cond_latents], dim=1))
+
+
+def test_a_denoiser_naming_its_lora_targets_trains_and_each_pair_is_logged(pairs, tmp_path):
+    model = ConvDenoiser().requires_grad_(False)
+    res = train_region_dpo(model, None, None, pairs.root, config(max_steps=3, batch_size=2, learning_rate=1e-2),
+                           out_dir=tmp_path)
+    assert sorted(load_region_lora(res.lora_path).modules) == ["0", "2"]
+    assert list_adapters(model.unet) == []
+    recs = read_log(res.log_path)
+    for r in recs:  # every pair's timestep and DGR; their means are the logged means
+        assert len(r["t_per_sample"]) == len(r["dgr_per_sample"]) == 2
+        assert sum(r["t_per_sample"]) / 2 == pytest.approx(r["timestep_mean"])
+        assert sum(r["dgr_per_sample"]) / 2 == pytest.approx(r["dgr"], rel=1e-5)
+    assert recs[0]["dgr_per_sample"] == [500.0, 500.0]  # step 0: policy == reference, DGR = beta / 2
+    assert recs[-1]["dgr_per_sample"] != [500.0, 500.0]
+    x = torch.randn(2, 4, 8, 8)
+    cond = torch.randn(2, 5, 8, 8)
+    with torch.no_grad():
+        base = model.predict_eps(x, torch.tensor([10]), None, cond, 2)
+        apply_region_lora(model, res.lora_path)
+        assert not torch.equal(model.predict_eps(x, torch.tensor([10]), None, cond, 2), base)
+
+
 def test_short_run_lowers_the_loss_and_moves_the_lora(model, pairs, tmp_path):
     cfg = config(max_steps=6, learning_rate=3e-3)
     trainer = _Trainer(model, pairs, pairs.text_embeds(), cfg, tmp_path, None, None, None, None)

@@ -168,8 +168,11 @@ class _Trainer:
         self.fingerprint = base_fingerprint(unet)
         # The adapter's A matrices are drawn from a CPU generator seeded by the run's seed, so every
         # process (and every device) starts from the same LoRA; B = 0 makes its output exactly 0.
+        # A model may name the modules its LoRA adapts (see "The model" in run_training's docstring);
+        # DiffuEraser does not, and gets the attention projections of its transformer blocks.
         self.targets = add_region_adapter(unet, rank=cfg.rank, lora_alpha=cfg.lora_alpha, temporal=cfg.temporal,
-                                          adapter_name=ADAPTER_NAME, trainable=True)
+                                          adapter_name=ADAPTER_NAME, trainable=True,
+                                          target_modules=getattr(model, "region_lora_targets", None))
         self._restore.append(lambda: remove_region_lora(unet, ADAPTER_NAME))
         gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "lora-init"))
         with torch.no_grad():
@@ -356,6 +359,7 @@ class _Trainer:
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
         tsum = 0.0
+        samples: list[tuple[int, float]] = []  # (timestep, DGR) of every pair of this process's step
         for micro in range(cfg.grad_accum):
             batch = self.batcher.batch(step * cfg.grad_accum + micro)
             out, t, ctx = self.forward(batch)
@@ -366,6 +370,8 @@ class _Trainer:
             for key, v in out.scalars().items():
                 sums[key] = sums.get(key, 0.0) + v / cfg.grad_accum
             tsum += float(t.float().mean()) / cfg.grad_accum
+            if getattr(out, "dgr", None) is not None:
+                samples += zip(t.tolist(), out.dgr.detach().float().cpu().tolist())
         self._sync_grads()
         self.scaler.unscale_(self.optimizer)
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
@@ -391,6 +397,12 @@ class _Trainer:
             pairs_seen=(step + 1) * cfg.grad_accum * cfg.batch_size * self.dist.world,
             seconds=time.perf_counter() - t0,
         )
+        if samples:
+            # The batch-mean DGR hides its collapse: at high noise a pair's x_t are nearly the same,
+            # so DGR stays near beta/2 there whatever training does (docs/method_dynamics.md). Each
+            # pair's timestep and DGR let the log be split by noise level.
+            every = [x for part in self.dist.gather(samples) for x in part]
+            record.update(t_per_sample=[int(a) for a, _ in every], dgr_per_sample=[float(b) for _, b in every])
         return record
 
     # -- loop ----------------------------------------------------------------------------------
@@ -463,6 +475,19 @@ def run_training(
 
     The model is left as it was found (the adapter is removed, flags and device restored); the
     trained LoRA is the file ``TrainResult.lora_path``. See :func:`train_region_dpo`.
+
+    The model: the loop needs only what :class:`rrdpo_core.models.DiffuEraserModel` offers, so any
+    latent-space inpainting denoiser with the same surface trains the same way:
+
+    * ``unet``: the ``nn.Module`` the ``"region_dpo"`` peft adapter is added to (the reference
+      pass switches it off there);
+    * ``predict_eps(latents (B*F, 4, h, w), timesteps (B,), text (1, L, D), cond (B*F, 5, h, w),
+      num_frames, brushnet_scale=...) -> (B*F, 4, h, w)``;
+    * ``dtype``, ``device`` and ``to()``; optionally ``max_frames`` (default 32);
+    * optionally ``region_lora_targets``: full module names (inside ``unet``) the LoRA adapts;
+      absent or None means the attention projections of the UNet's transformer blocks.
+
+    ``bench/method_dynamics.py`` trains a small convolutional denoiser this way.
     """
     cfg = _as_config(config)
     out = Path(out_dir or cfg.out_dir or "")
