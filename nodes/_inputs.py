@@ -5,6 +5,9 @@ node's ``INPUT_TYPES`` still reads as a plain declaration.
 """
 from __future__ import annotations
 
+# rrdpo_core.offload also has "stream" (block weights re-read from their file while sampling): not offered here,
+# since ComfyUI merges LoRA patches (PCM, Region-DPO) into the weights and a re-read would drop them; the
+# library and the command line offer it. A literal list keeps listing the nodes free of the core's imports.
 OFFLOAD_CHOICES = ("auto", "none", "windows", "blocks")
 SEED_OPTS = {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}
 
