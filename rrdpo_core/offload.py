@@ -40,7 +40,7 @@ from typing import Any, Iterator
 import torch
 
 from .memory import OFFLOAD_LEVELS, MemoryEstimate, choose_offload, network_sizes
-from .streaming import WeightStream, can_stream, is_streaming
+from .streaming import WeightStream, can_stream, is_placeholder, is_streaming
 
 __all__ = ["OFFLOAD_CHOICES", "OffloadPlan", "OffloadedDenoiser", "plan_offload", "low_memory",
            "group_offload", "remove_group_offload"]
@@ -118,7 +118,7 @@ def _nets(model: Any) -> list[torch.nn.Module]:
 
 
 def _resident_bytes(net: torch.nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in net.parameters() if not all(s == 0 for s in p.stride()))
+    return sum(p.numel() * p.element_size() for p in net.parameters() if not is_placeholder(p))
 
 
 class OffloadedDenoiser:

@@ -33,7 +33,7 @@ import torch.nn as nn
 from .tensorfile import FILE_DTYPES, read_layout, read_tensor
 
 __all__ = ["STREAMED_CHILDREN", "WeightSource", "WeightStream", "record_source", "weight_source", "streamed_keys",
-           "is_streaming", "can_stream", "placeholder"]
+           "is_streaming", "can_stream", "placeholder", "is_placeholder"]
 
 # Top-level children of BrushNet / the motion UNet whose weights are streamed, one group per block.
 STREAMED_CHILDREN = ("down_blocks", "mid_block", "up_blocks")
@@ -56,7 +56,8 @@ def placeholder(shape: torch.Size | tuple[int, ...], dtype: torch.dtype, device:
     return torch.full((), float("nan"), dtype=dtype, device=device).expand(shape)
 
 
-def _is_placeholder(t: torch.Tensor) -> bool:
+def is_placeholder(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a :func:`placeholder` (a dropped streamed weight), not real weights."""
     return t.numel() > 1 and all(s == 0 for s in t.stride())
 
 
@@ -112,18 +113,27 @@ def can_stream(net: nn.Module) -> bool:
     """Whether ``net`` streams already, or could: loaded from a file, weights unchanged since."""
     if is_streaming(net):
         return True
-    if weight_source(net) is None:
-        return False
-    try:
-        WeightStream(net).check_unchanged()
-    except ValueError:
-        return False
-    return True
+    return weight_source(net) is not None and not changed_since_loading(net)
 
 
 def _file_key(param_name: str) -> str:
     # PEFT moves a wrapped layer's own weight to "<layer>.base_layer.weight"; the file has "<layer>.weight".
     return param_name.replace(".base_layer.", ".")
+
+
+def changed_since_loading(net: nn.Module) -> list[str]:
+    """The file keys of ``net``'s streamable parameters that no longer hold the weights the loader
+    put there (replaced or changed in place); empty when all are unchanged. Needs no file access."""
+    stamps = weight_source(net).stamps
+    changed = []
+    for prefix, block in streamed_groups(net):
+        for name, p in block.named_parameters(prefix=prefix):
+            key = _file_key(name)
+            if key not in stamps or is_placeholder(p):
+                continue
+            if (p.data_ptr(), p._version) != stamps[key]:
+                changed.append(key)
+    return changed
 
 
 @dataclass
@@ -173,15 +183,7 @@ class WeightStream:
     # -- checks ---------------------------------------------------------------------------
     def check_unchanged(self) -> None:
         """Raise if a streamed parameter no longer holds the weights loaded from the file."""
-        stamps = weight_source(self.net).stamps
-        changed = []
-        for prefix, block in streamed_groups(self.net):
-            for name, p in block.named_parameters(prefix=prefix):
-                key = _file_key(name)
-                if key not in stamps or _is_placeholder(p):
-                    continue
-                if (p.data_ptr(), p._version) != stamps[key]:
-                    changed.append(key)
+        changed = changed_since_loading(self.net)
         if changed:
             raise ValueError(f"{len(changed)} weights of this network changed since it was loaded (e.g. {changed[0]}; "
                              "a fused LoRA or training does that), so they cannot be re-read from "
