@@ -11,10 +11,10 @@ __all__ = ["DTYPE_CHOICES", "inference_dtype", "resolve_device_dtype"]
 
 # What "Load DiffuEraser" offers; auto = fp16, the precision the released weights are stored in.
 DTYPE_CHOICES = ("auto", "fp16", "bf16", "fp32")
-_DTYPES = {"auto": torch.float16, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # names the one-call API and the command line accept
 _DTYPE_NAMES = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
                 "fp32": torch.float32, "float32": torch.float32}
+_DTYPES = {"auto": torch.float16, **{choice: _DTYPE_NAMES[choice] for choice in DTYPE_CHOICES[1:]}}
 
 
 def inference_dtype(choice: str, device: torch.device | str) -> torch.dtype:
