@@ -10,7 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["harmonic_fill", "membrane_window"]
+__all__ = ["harmonic_fill", "membrane_window", "window_around"]
 
 _CROSS = np.array([[0, 0.25, 0], [0.25, 0, 0.25], [0, 0.25, 0]], np.float32)
 
@@ -21,10 +21,14 @@ def membrane_window(unknown: np.ndarray) -> tuple[int, int, int, int]:
     The coarse pyramid levels need known pixels around the holes; farther pixels hardly matter.
     """
     ys, xs = np.nonzero(unknown)
-    h, w = unknown.shape
-    my = max(8, (ys.max() - ys.min() + 1) // 2)
-    mx = max(8, (xs.max() - xs.min() + 1) // 2)
-    return (max(0, ys.min() - my), min(h, ys.max() + 1 + my), max(0, xs.min() - mx), min(w, xs.max() + 1 + mx))
+    return window_around(int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1, unknown.shape)
+
+
+def window_around(y0: int, y1: int, x0: int, x1: int, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """:func:`membrane_window` of holes whose bounding box is ``[y0, y1) x [x0, x1)`` in a frame of ``shape``."""
+    h, w = shape[:2]
+    my, mx = max(8, (y1 - y0) // 2), max(8, (x1 - x0) // 2)
+    return max(0, y0 - my), min(h, y1 + my), max(0, x0 - mx), min(w, x1 + mx)
 
 
 def harmonic_fill(values: np.ndarray, unknown: np.ndarray, smooth_iterations: int = 6) -> np.ndarray:

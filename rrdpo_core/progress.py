@@ -9,6 +9,7 @@ job's units of work, reports each one and polls ``cancel``; a True answer raises
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Any, Callable
 
 from .errors import Cancelled
@@ -29,20 +30,24 @@ class Progress:
     """``total`` units of work: :meth:`advance` reports one more, :meth:`check` polls ``cancel``.
 
     Reports never exceed ``total`` (a job whose plan was an estimate stays within its bar).
+    Worker threads of one job may share it: counting and reporting hold a lock, so no unit is
+    lost and the callback sees the counts in order.
     """
 
     def __init__(self, total: int, callback: ProgressFn | None = None, cancel: CancelFn | None = None,
                  message: str = "cancelled by the user"):
         self.total, self.done = int(total), 0
         self.callback, self.cancel, self.message = callback, cancel, message
+        self._lock = threading.Lock()
 
     def check(self) -> None:
         check_cancel(self.cancel, self.message)
 
     def advance(self) -> None:
-        self.done += 1
-        if self.callback is not None:
-            self.callback(min(self.done, self.total), self.total)
+        with self._lock:
+            self.done += 1
+            if self.callback is not None:
+                self.callback(min(self.done, self.total), self.total)
 
     def step(self) -> None:
         """One unit done, then a cancel poll."""

@@ -8,7 +8,7 @@ import torch
 
 from rrdpo_core.errors import Cancelled, RrdpoInputError
 from rrdpo_core.membrane import harmonic_fill
-from rrdpo_core.prior import PriorResult, flow_propagation_prior
+from rrdpo_core.prior import PriorResult, auto_flow_downscale, flow_propagation_prior
 from rrdpo_core.synthetic import make_synthetic_clip
 
 
@@ -129,6 +129,29 @@ def test_bad_inputs_are_clear_errors():
         flow_propagation_prior(frames, masks, preset="slow")
     with pytest.raises(RrdpoInputError, match="flow_downscale"):
         flow_propagation_prior(frames, masks, flow_downscale=0.5)
+    with pytest.raises(RrdpoInputError, match="workers"):
+        flow_propagation_prior(frames, masks, workers=0)
+
+
+def test_threads_do_not_change_the_result(clip):
+    # Frame pairs, the two sweeps and the per-frame fusion run on worker threads; each frame
+    # writes only its own hole and reads only known pixels, so the result is the serial one.
+    frames, masks, _ = clip
+    serial = flow_propagation_prior(frames, masks, workers=1)
+    threaded = flow_propagation_prior(frames, masks, workers=3)
+    np.testing.assert_array_equal(threaded.frames.numpy(), serial.frames.numpy())
+    np.testing.assert_array_equal(threaded.source_map.numpy(), serial.source_map.numpy())
+    assert threaded.stats["workers"] == 3 and serial.stats["workers"] == 1
+
+
+def test_flow_resolution_is_full_for_small_frames_and_bounded_for_large_ones(clip):
+    assert auto_flow_downscale(240, 432) == 1.0
+    assert auto_flow_downscale(360, 640) == 1.0
+    assert auto_flow_downscale(720, 1280) == pytest.approx(2.0)
+    assert auto_flow_downscale(2160, 3840) == pytest.approx(6.0)
+    frames, masks, _ = clip
+    assert flow_propagation_prior(frames, masks).stats["flow_downscale"] == 1.0
+    assert flow_propagation_prior(frames, masks, flow_downscale=2.0).stats["flow_downscale"] == 2.0
 
 
 def test_one_mask_for_all_frames_and_uint8_frames():
@@ -154,6 +177,13 @@ def test_progress_and_cancel(clip):
 
     with pytest.raises(Cancelled):
         flow_propagation_prior(frames, masks, cancel=cancel)
+    # Worker threads report too: every unit counted once, in order, up to the total.
+    seen.clear()
+    flow_propagation_prior(frames, masks, workers=2, progress=lambda d, t: seen.append((d, t)))
+    assert [d for d, _ in seen] == list(range(1, len(seen) + 1)) and seen[-1][0] == seen[-1][1]
+    calls.clear()
+    with pytest.raises(Cancelled):
+        flow_propagation_prior(frames, masks, workers=2, cancel=cancel)
 
 
 def test_harmonic_fill_keeps_known_values_and_is_smooth():

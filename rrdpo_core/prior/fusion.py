@@ -25,7 +25,7 @@ from collections import OrderedDict
 import cv2
 import numpy as np
 
-from ..membrane import harmonic_fill, membrane_window
+from ..membrane import harmonic_fill, window_around
 from .motion import FlowField, bilinear, sample_by_frame
 
 __all__ = ["KnownSampler", "fuse_candidates", "colour_offset", "spatial_fill", "spatial_fill_frame", "telea_fill",
@@ -215,12 +215,14 @@ def membrane_parts(unknown: np.ndarray) -> list[tuple[int, int, int, int, np.nda
     unknown) and kept for the part's pixels. Scattered small holes (a grid of squares) then cost
     their own size, not that of a window spanning the frame.
     """
-    count, labels = cv2.connectedComponents(unknown.astype(np.uint8), connectivity=8)
+    count, labels, boxes, _ = cv2.connectedComponentsWithStats(unknown.astype(np.uint8), connectivity=8)
+    h, w = unknown.shape
     parts = []
     for k in range(1, count):
-        part = labels == k
-        y0, y1, x0, x1 = membrane_window(part)
-        parts.append((y0, y1, x0, x1, part[y0:y1, x0:x1]))
+        bx, by, bw, bh = (int(v) for v in boxes[k, :4])
+        # membrane_window of the part, from its bounding box (no pass over the whole frame per part)
+        y0, y1, x0, x1 = window_around(by, by + bh, bx, bx + bw, (h, w))
+        parts.append((y0, y1, x0, x1, labels[y0:y1, x0:x1] == k))
     return parts
 
 
