@@ -6,7 +6,13 @@ crossing it). Tasks, each with a ground truth:
 
 * ``removal``     - object removal. Synthetic clips: the moving object's masks, the truth is the
                     background without it. Real clips (their object masks have no truth under them):
-                    a moving random shape (rrdpo_core.masks, seeded) cut over the frames, frames as truth.
+                    a moving random shape (rrdpo_core.masks, seeded) cut over the background, as
+                    ../shared/data/README.md asks: the clip's own object masks (grown by 4 px) are
+                    taken out of it, so the truth under the hole is background, frames as truth.
+* ``shape-over-objects`` - the same random shape cut over everything (objects included), frames as
+                    truth: video completion of whatever the shape hides. Where it hides a moving
+                    object (the bmx rider), the truth is that object, which a prior made for object
+                    removal fills with the background behind it by design.
 * ``squares``     - video completion, a fixed grid of square holes, frames as truth (on the synthetic
                     clips the moving object crosses the squares: the ghost test).
 * ``moving-grid`` - video completion, the same grid moving 2 px right and 1 px down per frame.
@@ -46,7 +52,7 @@ from rrdpo_core.video_io import read_masks, read_video, write_image  # noqa: E40
 
 DATA = Path(os.environ.get("RRDPO_SHARED_DATA", REPO.parent / "shared" / "data"))
 SYNTHETIC_SEEDS = (0, 1, 2)
-TASKS = ("removal", "squares", "moving-grid")
+TASKS = ("removal", "squares", "moving-grid", "shape-over-objects")
 
 
 def load_clips(names: list[str] | None, frames: int | None) -> list[tuple[str, np.ndarray, np.ndarray | None,
@@ -56,7 +62,8 @@ def load_clips(names: list[str] | None, frames: int | None) -> list[tuple[str, n
     bmx = DATA / "bmx-trees" / "frames"
     if bmx.is_dir():
         video = read_video(bmx, max_frames=frames).frames.numpy()
-        clips.append(("bmx-trees", video, None, None))
+        masks = read_masks(DATA / "bmx-trees" / "masks", size=video.shape[1:3], max_frames=len(video)).numpy()
+        clips.append(("bmx-trees", video, masks, None))
     else:
         print(f"skipped bmx-trees: {bmx} not found (set RRDPO_SHARED_DATA)")
     de = DATA / "diffueraser-example1" / "video.mp4"
@@ -90,10 +97,15 @@ def square_grid(length: int, height: int, width: int, moving: bool) -> np.ndarra
 def task_inputs(task: str, frames: np.ndarray, obj_masks, obj_truth, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(masks, truth) of a task on a clip."""
     length, height, width = frames.shape[:3]
-    if task == "removal":
-        if obj_truth is not None:
-            return obj_masks, obj_truth
-        return random_mask_sequence(length, height, width, seed=seed).numpy() > 0.5, frames
+    if task == "removal" and obj_truth is not None:
+        return obj_masks, obj_truth
+    if task in ("removal", "shape-over-objects"):
+        shape = random_mask_sequence(length, height, width, seed=seed).numpy() > 0.5
+        if task == "removal" and obj_masks is not None:
+            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9))
+            objects = np.stack([cv2.dilate((m > 0.5).astype(np.uint8), kernel) > 0 for m in obj_masks])
+            shape &= ~objects
+        return shape, frames
     return square_grid(length, height, width, moving=task == "moving-grid"), frames
 
 
