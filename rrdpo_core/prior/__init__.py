@@ -7,8 +7,8 @@ on demand (it pulls in the networks).
 """
 from __future__ import annotations
 
-from .flow import DIS_PRESETS, PriorResult, auto_flow_downscale, flow_propagation_prior
+from .flow import DIS_PRESETS, PriorResult, flow_propagation_prior
 from .preview import SOURCE_COPIED, SOURCE_FUSED, SOURCE_KNOWN, SOURCE_SPATIAL, source_preview
 
-__all__ = ["DIS_PRESETS", "PriorResult", "auto_flow_downscale", "flow_propagation_prior", "source_preview",
+__all__ = ["DIS_PRESETS", "PriorResult", "flow_propagation_prior", "source_preview",
            "SOURCE_KNOWN", "SOURCE_COPIED", "SOURCE_FUSED", "SOURCE_SPATIAL"]

@@ -163,6 +163,9 @@ def completed_flows(video: np.ndarray, holes: np.ndarray, downscale: float, pres
         dis = getattr(local, "dis", None)
         if dis is None:
             dis = local.dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
+            # Down to the working resolution itself: the presets stop one to two octaves above it,
+            # which costs tracks their sub-pixel accuracy on fine texture.
+            dis.setFinestScale(0)
         region = regions[t] | regions[t + 1]
         f = dis.calc(grays[t], grays[t + 1], None)
         b = dis.calc(grays[t + 1], grays[t], None)
