@@ -4,7 +4,8 @@ What DiffuEraser gets from ProPainter - the hole filled with background seen in 
 without any learned weights:
 
 1. **Flow** (:mod:`.motion`): OpenCV DIS flow between neighbouring frames in both directions,
-   completed inside the holes with the affine motion of the ring around each hole.
+   refined down to the working resolution, completed inside the holes with the affine motion of
+   the ring around each hole.
 2. **Sources** (:mod:`.sources`): one sweep towards the past and one towards the future give
    every hole pixel up to ``candidates_per_direction`` frames that saw its background, following
    the completed (background) motion and cut at occlusions (forward-backward test) - not just
@@ -25,6 +26,9 @@ without any learned weights:
 The result has a *visibility* map (1 where the pixel is known or was seen in another frame) and a
 *source map* saying how each pixel was made (:data:`SOURCE_KNOWN`, :data:`SOURCE_COPIED`,
 :data:`SOURCE_FUSED`, :data:`SOURCE_SPATIAL`); :func:`rrdpo_core.prior.source_preview` draws it.
+
+Frame pairs, the two tracking sweeps and the fusion of each frame are independent and run on
+``workers`` threads (:mod:`.parallel`); the result does not depend on their number.
 
 ``device`` runs steps 2-4 with torch (and kornia) on that device (:mod:`.torch_path`), the same
 algorithm; the flow (step 1) is computed by OpenCV on the CPU in both paths.

@@ -50,6 +50,8 @@ _EXPOSURE_LO = 0.04
 _EXPOSURE_HI = 0.96
 _MAX_RING_POINTS = 400
 _MIN_RING_WIDTH = 8
+# Pixels the dominant (camera) motion of a frame is fitted to.
+_DOMINANT_POINTS = 2000
 
 
 def working_size(height: int, width: int, downscale: float) -> tuple[int, int]:
@@ -101,9 +103,13 @@ def sample_by_frame(image: Callable[[int], np.ndarray], f: np.ndarray, x: np.nda
 class FlowField:
     """A low-resolution flow field read at full-resolution positions, in full-resolution pixels."""
 
-    def __init__(self, flow: np.ndarray, full_hw: tuple[int, int], raw: np.ndarray | None = None):
+    def __init__(self, flow: np.ndarray, full_hw: tuple[int, int], raw: np.ndarray | None = None,
+                 background: np.ndarray | None = None):
         self.flow = flow
         self.raw = flow if raw is None else raw  # DIS before completion (for the motion check)
+        # The background's motion (for the motion check): the completed flow in the holes, the
+        # frame's dominant motion elsewhere; None: the completed flow everywhere.
+        self.background = background
         self.full_hw = full_hw
         h, w = flow.shape[:2]
         self.sx = full_hw[1] / w
@@ -180,7 +186,8 @@ def completed_flows(video: np.ndarray, holes: np.ndarray, downscale: float, pres
             # diffueraser-example1 squares (30 frames), so it is not done.
             f = _complete_flow(f, region, geometry)
             b = _complete_flow(b, region, geometry)
-        return FlowField(f, (height, width), raw_f), FlowField(b, (height, width), raw_b)
+        return (FlowField(f, (height, width), raw_f, _background_motion(raw_f, f, region)),
+                FlowField(b, (height, width), raw_b, _background_motion(raw_b, b, region)))
 
     fwd, bwd = [], []
     for f, b in ordered_map(pair, range(length - 1), workers):
@@ -188,6 +195,31 @@ def completed_flows(video: np.ndarray, holes: np.ndarray, downscale: float, pres
         bwd.append(b)
         step()
     return fwd, bwd
+
+
+def _background_motion(raw: np.ndarray, completed: np.ndarray, region: np.ndarray) -> np.ndarray | None:
+    """The background's motion everywhere: the completed flow inside ``region``, the frame's dominant motion outside.
+
+    The dominant motion is an affine fit (RANSAC) to the raw flow at up to about
+    ``_DOMINANT_POINTS`` pixels outside the region: the camera's motion, which objects moving on
+    their own do not follow. None when it cannot be fitted (then only the holes are checked).
+    """
+    h, w = region.shape
+    step = max(1, int(math.sqrt(h * w / _DOMINANT_POINTS)))
+    ys, xs = np.mgrid[0:h:step, 0:w:step]
+    keep = ~region[ys, xs]
+    ys, xs = ys[keep], xs[keep]
+    if len(ys) < _MIN_RING_POINTS:
+        return None
+    model = _fit_affine(raw, ys, xs)
+    if model is None:
+        return None
+    gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
+    out = np.empty_like(raw)
+    out[..., 0] = model[0, 0] * gx + model[0, 1] * gy + model[0, 2] - gx
+    out[..., 1] = model[1, 0] * gx + model[1, 1] * gy + model[1, 2] - gy
+    out[region] = completed[region]
+    return out
 
 
 @dataclass
@@ -268,8 +300,10 @@ def motion_check_stack(fwd: list[FlowField], bwd: list[FlowField], towards_past:
     A source in frame ``s`` found towards the past is checked on the motion ``s -> s - 1`` (the
     point keeps moving away from the hole it was tracked out of; ``s -> s + 1`` would measure
     it against the filled hole), a source towards the future on ``s -> s + 1``. At the clip's end
-    the other neighbour is used. Where the flow was not completed the difference is zero: the
-    check only acts near holes, where the completed flow is the background's.
+    the other neighbour is used. The background motion is the completed flow near holes and the
+    frame's dominant motion elsewhere (:attr:`FlowField.background`): a source far from any hole
+    that shows an object moving on its own (a player who crossed the location a few frames ago)
+    is rejected as well as one beside a hole.
     """
     length = len(fwd) + 1
     out = []
@@ -278,7 +312,8 @@ def motion_check_stack(fwd: list[FlowField], bwd: list[FlowField], towards_past:
             field = bwd[s - 1] if s >= 1 else fwd[0]
         else:
             field = fwd[s] if s < length - 1 else bwd[length - 2]
-        out.append(np.concatenate([field.raw - field.flow, field.flow], axis=-1))
+        bg = field.flow if field.background is None else field.background
+        out.append(np.concatenate([field.raw - bg, bg], axis=-1))
     return np.stack(out).astype(np.float32)
 
 
