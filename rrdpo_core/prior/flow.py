@@ -116,7 +116,7 @@ def flow_propagation_prior(
             down to that resolution (OpenCV's medium preset alone stops at half of it: with that,
             the flow's finest level was a quarter of the frame at the default 2, and long tracks
             lost sub-pixel accuracy on fine texture). On 40 frames of bmx-trees and synthetic-0
-            (squares, removal) 1 scored 0.1-0.4 dB higher hole PSNR than 2 for about 4x the flow time.
+            (squares, removal) 1 scored 0.08-0.54 dB higher hole PSNR than 2 for about 4x the flow time.
         preset: DIS preset, ``"ultrafast"``, ``"fast"`` or ``"medium"``.
         flow_mask_dilation: pixels (of the input frames) by which holes grow before the flow
             inside them is replaced by the completed flow. DIS flow is biased for about a patch
