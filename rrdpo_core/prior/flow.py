@@ -47,7 +47,7 @@ import torch
 from ..errors import RrdpoInputError
 from ..progress import CancelFn, Progress, ProgressFn
 from ..video_io import as_frames, as_masks, to_tensor
-from .fusion import KnownSampler, colour_offset, fuse_candidates, ring_of, spatial_fill
+from .fusion import KnownSampler, colour_offset, fuse_candidates, ring_of, ring_samples, spatial_fill
 from .motion import DIS_PRESETS, completed_flows, exposure_curve, motion_agreement, motion_check_stack
 from .parallel import default_workers, ordered_map
 from .preview import SOURCE_COPIED, SOURCE_FUSED, SOURCE_KNOWN, SOURCE_SPATIAL
@@ -229,13 +229,13 @@ def _result(out: np.ndarray, source: np.ndarray, hole_count: int, distance: floa
 
 
 def targets_of(holes: np.ndarray, ring: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[int]]:
-    """Per frame the pixels whose sources are tracked: the hole, then the ring (colour matching)."""
+    """Per frame the pixels whose sources are tracked: the hole, then half the ring (colour matching)."""
     targets, counts = [], []
     for hole in holes:
         ys, xs = np.nonzero(hole)
         counts.append(len(ys))
         if ring > 0 and len(ys):
-            rys, rxs = np.nonzero(ring_of(hole, ring))
+            rys, rxs = np.nonzero(ring_samples(ring_of(hole, ring)))
             ys, xs = np.concatenate([ys, rys]), np.concatenate([xs, rxs])
         targets.append((ys, xs))
     return targets, counts

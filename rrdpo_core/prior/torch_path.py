@@ -255,6 +255,9 @@ def propagate_torch(video: np.ndarray, holes: np.ndarray, fwd: list[FlowField], 
         grown = kornia.morphology.dilation(hol.float()[:, None], ellipse.to(device), border_type="constant",
                                            border_value=0.0)[:, 0] > 0.5
         rings = grown & ~hol
+        # One ring pixel in two, on a checkerboard, as the NumPy path (:func:`.fusion.ring_samples`).
+        yy, xx = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij")
+        rings &= ((yy + xx) % 2 == 0)
     targets, hole_counts = [], []
     for t in range(length):
         ys, xs = torch.nonzero(hol[t], as_tuple=True)
