@@ -135,7 +135,8 @@ def flow_propagation_prior(
             tracking, fusion, matching and spatial fill with torch/kornia there.
         workers: threads for the per-frame work of the NumPy path and for the flow (frame pairs,
             the two tracking sweeps and the fusion of each frame are independent). None: OpenCV's
-            thread count (``cv2.setNumThreads``; all cores by default). The result does not depend on it.
+            thread count (``cv2.setNumThreads``; all cores by default), at most 8. The result does not
+            depend on it.
         progress: ``progress(done, total)`` after each unit of work.
         cancel: polled regularly; returning True raises :class:`rrdpo_core.errors.Cancelled`.
 

@@ -19,9 +19,14 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+# More threads than this mostly wait for the GIL between NumPy calls, and each running frame holds
+# its candidate arrays (about 50 MB for a large hole in a 1080p frame).
+MAX_DEFAULT_WORKERS = 8
+
+
 def default_workers() -> int:
-    """OpenCV's thread count (``cv2.setNumThreads`` sets it; all cores by default), at most the cores."""
-    return max(1, min(cv2.getNumThreads(), os.cpu_count() or 1))
+    """OpenCV's thread count (``cv2.setNumThreads`` sets it; all cores by default), at most the cores and 8."""
+    return max(1, min(cv2.getNumThreads(), os.cpu_count() or 1, MAX_DEFAULT_WORKERS))
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
