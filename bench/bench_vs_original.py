@@ -228,11 +228,17 @@ def worker_original(args: argparse.Namespace) -> dict:
     brushnet = BrushNetModel.from_pretrained(work / "diffuEraser", subfolder="brushnet")
     unet = UNetMotionModel.from_pretrained(work / "diffuEraser", subfolder="unet_main")
     class GivenTextEmbedding(torch.nn.Module):
-        """Stands in for CLIP: the embedding is passed in; the pipeline only asks for its dtype."""
+        """Stands in for CLIP: the embedding is passed in; the pipeline only asks for its dtype and
+        device (the pipeline's ``device`` asks the first of its modules in set order, which changes
+        from process to process with string hashing, so this one must answer too)."""
 
         @property
         def dtype(self):
             return dtype
+
+        @property
+        def device(self):
+            return device
 
     pipe = StableDiffusionDiffuEraserPipeline(vae=vae, text_encoder=GivenTextEmbedding(), tokenizer=None, unet=unet, brushnet=brushnet,
                                               scheduler=UniPCMultistepScheduler(**SD15_SCHEDULER), safety_checker=None,
