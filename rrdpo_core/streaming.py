@@ -46,6 +46,8 @@ __all__ = ["STREAMED_CHILDREN", "WeightSource", "WeightStream", "record_source",
 # Top-level children of BrushNet / the motion UNet whose weights are streamed, one group per block.
 STREAMED_CHILDREN = ("down_blocks", "mid_block", "up_blocks")
 _SOURCE_ATTR = "_rrdpo_weight_source"
+# How many holders a tensor storage has (torch's own count; private, so looked up with a fallback).
+_USE_COUNT = getattr(torch._C, "_storage_Use_Count", None)
 _STREAM_ATTR = "_rrdpo_weight_stream"
 
 
@@ -252,9 +254,10 @@ class WeightStream:
         sizes = [-(-(e.end - e.begin) // 64) * 64 for e in entries]  # 64-byte aligned slots
         need = sum(sizes)
         buf = self._scratch
-        if buf is None or buf.numel() < need or torch._C._storage_Use_Count(buf.untyped_storage()._cdata) > 2:
-            # (2 = the buffer tensor itself and the storage object asked about). A normal tensor even
-            # under inference mode (ComfyUI): the buffer outlives the call that made it.
+        if buf is None or buf.numel() < need or _USE_COUNT is None or _USE_COUNT(buf.untyped_storage()._cdata) > 2:
+            # (2 = the buffer tensor itself and the storage object asked about; a torch without the
+            # count gets a new buffer every time.) A normal tensor even under inference mode
+            # (ComfyUI): the buffer outlives the call that made it.
             with torch.inference_mode(False):
                 buf = self._scratch = torch.empty(max(need, 0 if buf is None else buf.numel()), dtype=torch.uint8)
         slots, offset = [], 0
