@@ -219,6 +219,8 @@ class WeightStream:
         self._scratch: torch.Tensor | None = None  # bytes the pre-hook reads a layer into (reuse_buffer)
         self._folded: dict[int, list[Any]] = {}  # group -> its LoRA layers' folding pre-hooks (fuse_adapters)
         self._merged: list[nn.Module] = []  # LoRA layers running with their adapters folded in
+        # layers whose weight this stream reads: the only weights folding may change
+        self._streamed_weights = {id(e.module) for _, entries in self.groups for e in entries if e.attr == "weight"}
 
     # -- checks ---------------------------------------------------------------------------
     def check_unchanged(self) -> None:
@@ -290,7 +292,7 @@ class WeightStream:
 
         x = args[0] if args else None
         base = layer.get_base_layer()
-        if not torch.is_tensor(x) or not _fold_pays(base, x):
+        if id(base) not in self._streamed_weights or not torch.is_tensor(x) or not _fold_pays(base, x):
             return
         found = foldable_delta(layer)
         if found is None:
