@@ -228,11 +228,17 @@ def worker_original(args: argparse.Namespace) -> dict:
     brushnet = BrushNetModel.from_pretrained(work / "diffuEraser", subfolder="brushnet")
     unet = UNetMotionModel.from_pretrained(work / "diffuEraser", subfolder="unet_main")
     class GivenTextEmbedding(torch.nn.Module):
-        """Stands in for CLIP: the embedding is passed in; the pipeline only asks for its dtype."""
+        """Stands in for CLIP: the embedding is passed in; the pipeline only asks for its dtype and
+        device (the pipeline's ``device`` asks the first of its modules in set order, which changes
+        from process to process with string hashing, so this one must answer too)."""
 
         @property
         def dtype(self):
             return dtype
+
+        @property
+        def device(self):
+            return device
 
     pipe = StableDiffusionDiffuEraserPipeline(vae=vae, text_encoder=GivenTextEmbedding(), tokenizer=None, unet=unet, brushnet=brushnet,
                                               scheduler=UniPCMultistepScheduler(**SD15_SCHEDULER), safety_checker=None,
@@ -317,7 +323,7 @@ def worker_ours(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    variant = set(args.worker.split("_")[1:])  # ours[_fused][_stream][_bf16]
+    variant = set(args.worker.split("_")[1:])  # ours[_fused][_stream][_fast][_bf16]
     if "bf16" in variant:
         dtype = torch.bfloat16
     work = Path(args.work)
@@ -342,11 +348,14 @@ def worker_ours(args: argparse.Namespace) -> dict:
         if "fused" in variant:
             fuse_adapter(model.unet, "pcm")
     codec = load_vae(work / "vae", dtype=dtype, device=device)
-    if "stream" in variant:
+    if "stream" in variant or "fast" in variant:
         from rrdpo_core.offload import low_memory
 
+        # "_fast": low_memory(..., fast=True), the paths that change the result by float rounding
+        # only (LoRA folded into streamed weights as read, contiguous motion-module inputs).
         stack = contextlib.ExitStack()
-        model, codec = stack.enter_context(low_memory(model, codec, "stream"))
+        model, codec = stack.enter_context(low_memory(model, codec, "stream" if "stream" in variant else "none",
+                                                      fast="fast" in variant))
     pipe = DiffuEraserPipeline(model, codec)
     sync = _sync_fn(device)
     sync()
@@ -508,7 +517,9 @@ def main() -> None:
                              "'_stream' loads with load_diffueraser(stream=True) and samples at offload level "
                              "'stream' (block weights read from the file per layer, never resident); '_bf16' "
                              "runs ours in bfloat16 (compared against the float32 original); '_fused' folds the "
-                             "PCM LoRA into the weights")
+                             "PCM LoRA into the weights; '_fast' samples under low_memory(..., fast=True) "
+                             "(LoRA folded into streamed weights as they are read, contiguous motion-module "
+                             "inputs: float rounding differences only)")
     parser.add_argument("--min-free-gib", type=float, default=13.0,
                         help="wait until this much memory is available before starting a side (0: never wait)")
     parser.add_argument("--peak-tflops", type=float, default=None,
@@ -534,8 +545,8 @@ def main() -> None:
 
     sides = args.sides.split(",")
     for side in sides:
-        if side != "original" and not (side.startswith("ours") and set(side.split("_")[1:]) <= {"fused", "stream", "bf16"}):
-            parser.error(f"unknown side {side!r}: 'original', or 'ours' with any of _fused, _stream, _bf16")
+        if side != "original" and not (side.startswith("ours") and set(side.split("_")[1:]) <= {"fused", "stream", "fast", "bf16"}):
+            parser.error(f"unknown side {side!r}: 'original', or 'ours' with any of _fused, _stream, _fast, _bf16")
     results: dict[str, list[dict]] = {s: [] for s in sides}
     print(f"{args.frames} frames at {args.size}x{args.size}, {args.steps} TCD steps, "
           f"{'no LoRA' if args.no_lora else 'PCM LoRA'}, {args.device} {args.dtype}, {args.threads} threads, "

@@ -39,7 +39,7 @@ __all__ = [
     "PCM_ADAPTER", "REGION_DPO_ADAPTER", "KohyaModule", "read_kohya_lora", "parse_kohya_lora", "apply_kohya_lora",
     "add_lora_adapter", "remove_adapter", "set_adapter_scale", "list_adapters", "fuse_adapter",
     "active_adapters", "has_adapter", "adapter_disabled", "adapter_parameters", "adapter_state_dict",
-    "load_adapter_weights",
+    "load_adapter_weights", "foldable_delta",
 ]
 
 PCM_ADAPTER = "pcm"
@@ -261,6 +261,27 @@ def fuse_adapter(unet: nn.Module, name: str) -> list[str]:
                 fused.append(module_name)
     remove_adapter(unet, name)
     return fused
+
+
+def foldable_delta(layer: nn.Module) -> tuple[torch.Tensor, list[str]] | None:
+    """The weight update ``layer`` (a PEFT LoRA layer) adds in its forward, summed over the adapters it
+    runs (each ``scale * up @ down``, in the adapters' dtype), and their names.
+
+    ``None`` when the layer runs no adapter or one that is not a plain LoRA (DoRA and other
+    variants change more than the weight), so its forward cannot be replaced by the base layer
+    with this update added. Used to fold adapters into weights read for one forward
+    (``rrdpo_core.streaming``); nothing is changed here.
+    """
+    if not isinstance(layer, BaseTunerLayer) or layer.disable_adapters or layer.merged:
+        return None
+    names = [a for a in layer.active_adapters if a in getattr(layer, "lora_A", {})]
+    variants = getattr(layer, "lora_variant", {}) or {}
+    if not names or any(a in variants or getattr(layer, "use_dora", {}).get(a) for a in names):
+        return None
+    delta = layer.get_delta_weight(names[0])
+    for name in names[1:]:
+        delta = delta + layer.get_delta_weight(name)
+    return delta, names
 
 
 def set_adapter_scale(unet: nn.Module, name: str, scale: float) -> None:

@@ -21,6 +21,14 @@
   by ``load_diffueraser``, no fused LoRA); a model loaded with ``stream=True`` streams at any level.
   The VAE keeps its own chunking here, so the result is bit for bit the resident run's.
 
+``fast=True`` (opt-in, any level) runs the same networks by faster paths that change the result
+by float rounding only (about 1e-6 relative), so it is not the default, which reproduces the
+release: LoRA adapters folded into each streamed layer's weights as they are read, where that
+costs fewer operations than running them beside the layer (``"stream"``,
+:class:`rrdpo_core.streaming.WeightStream`'s ``fuse_adapters``; the file and any resident weight
+are never changed), and contiguous inputs for the motion modules' input projections
+(:func:`rrdpo_core.models.unet_motion.contiguous_motion_inputs`).
+
 ``vae_tiling=True`` (opt-in, any level but ``"none"``) also decodes in tiles (diffusers'
 ``enable_tiling``). It is the one setting that changes the result, since tiles are blended over
 their overlap, and is not needed for the sizes DiffuEraser runs at: one 1280x720 frame decodes
@@ -40,7 +48,7 @@ from typing import Any, Iterator
 import torch
 
 from .memory import OFFLOAD_LEVELS, MemoryEstimate, choose_offload, network_sizes
-from .streaming import WeightStream, can_stream, is_placeholder, is_streaming
+from .streaming import WeightStream, can_stream, is_placeholder, is_streaming, stream_of
 
 __all__ = ["OFFLOAD_CHOICES", "OffloadPlan", "OffloadedDenoiser", "plan_offload", "low_memory",
            "group_offload", "remove_group_offload"]
@@ -201,21 +209,44 @@ def _codec_for(codec: Any, level: str, tiling: bool) -> tuple[Any, list]:
 
 
 @contextlib.contextmanager
+def _fast_paths(model: Any, enabled: bool) -> Iterator[None]:
+    """The ``fast=True`` paths of :func:`low_memory` (module docstring), undone on exit."""
+    if not enabled:
+        yield
+        return
+    from .models.unet_motion import contiguous_motion_inputs
+
+    handles = contiguous_motion_inputs(model.unet)
+    streams = [(s, s.fuse_adapters) for s in (stream_of(net) for net in _nets(model)) if s is not None]
+    for stream, _ in streams:
+        stream.fuse_adapters = True
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for stream, was in streams:
+            stream.fuse_adapters = was
+
+
+@contextlib.contextmanager
 def low_memory(model: Any, codec: Any, plan: OffloadPlan | str, *, compute_device: torch.device | str | None = None,
                offload_device: torch.device | str = "cpu", blocks_per_group: int = 1,
-               vae_tiling: bool = False) -> Iterator[tuple[Any, Any]]:
+               vae_tiling: bool = False, fast: bool = False) -> Iterator[tuple[Any, Any]]:
     """``(model, codec)`` to hand to ``DiffuEraserPipeline`` at the plan's level; undone on exit.
 
     ``plan`` is an :class:`OffloadPlan` or a level name (then ``compute_device`` defaults to the
     model's device). At ``"none"`` the model should already be on the compute device; at the other
-    levels it may be anywhere and is returned to where it was.
+    levels it may be anywhere and is returned to where it was. ``fast=True`` adds the faster paths
+    of the module docstring (results equal up to float rounding, not bit for bit).
     """
     if isinstance(plan, str):
         if plan not in OFFLOAD_LEVELS:
             raise ValueError(f"level must be one of {OFFLOAD_LEVELS}, got {plan!r} (plan 'auto' with plan_offload)")
         plan = OffloadPlan(plan, torch.device(compute_device or model.device), torch.device(offload_device))
     if plan.level == "none":
-        yield model, codec
+        with _fast_paths(model, fast):
+            yield model, codec
         return
     home = model.device
     nets = [model.brushnet, model.unet]
@@ -239,7 +270,8 @@ def low_memory(model: Any, codec: Any, plan: OffloadPlan | str, *, compute_devic
             model.to(plan.compute_device)
         codec_used, codec_undo = _codec_for(codec, plan.level, vae_tiling)
         undo.extend(codec_undo)
-        yield OffloadedDenoiser(model, plan.offload_device), codec_used
+        with _fast_paths(model, fast):
+            yield OffloadedDenoiser(model, plan.offload_device), codec_used
     finally:
         for fn in reversed(undo):
             fn()

@@ -37,10 +37,15 @@ def read_layout(file: str | Path) -> tuple[dict[str, Any], int]:
 
 
 def read_tensor(fh: BinaryIO, data_start: int, begin: int, end: int, shape: torch.Size | list[int],
-                file_dtype: torch.dtype, *, name: str) -> torch.Tensor:
+                file_dtype: torch.dtype, *, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
     """The tensor stored at ``[begin, end)`` of the data section of the open file ``fh``, as stored
-    (``file_dtype``), read into a fresh buffer. ``name`` is used in the error messages."""
-    buffer = torch.empty(shape, dtype=file_dtype)
+    (``file_dtype``), read into a fresh buffer, or into ``out`` (a contiguous CPU tensor of that
+    shape and dtype) when given. ``name`` is used in the error messages."""
+    if out is not None and (out.shape != torch.Size(shape) or out.dtype != file_dtype or not out.is_contiguous()
+                            or out.device.type != "cpu"):
+        raise ValueError(f"{name}: the buffer to read into must be a contiguous CPU {file_dtype} tensor of shape "
+                         f"{tuple(shape)}, got {out.dtype} {tuple(out.shape)} on {out.device}")
+    buffer = torch.empty(shape, dtype=file_dtype) if out is None else out
     view = memoryview(buffer.reshape(-1).view(torch.uint8).numpy())
     if len(view) != end - begin:
         raise ValueError(f"{name}: {end - begin} bytes stored for a tensor of {len(view)} bytes")

@@ -1,16 +1,20 @@
 """Weight streaming (offload level "stream"): bit for bit the resident result, with the block weights not held."""
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
-from safetensors.torch import save_file
+from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors.torch import load_file, save_file
 
 from rrdpo_core.lora import apply_kohya_lora, fuse_adapter
 from rrdpo_core.models import load_diffueraser
 from rrdpo_core.models.testing import write_tiny_diffueraser
 from rrdpo_core.offload import low_memory, plan_offload
 from rrdpo_core.pipeline import DiffuEraserPipeline
-from rrdpo_core.streaming import WeightStream, is_streaming, streamed_groups
+from rrdpo_core.models.unet_motion import contiguous_motion_inputs
+from rrdpo_core.streaming import WeightStream, _fold_pays, is_streaming, stream_of, streamed_groups
 from rrdpo_core.vae import make_tiny_vae
 
 
@@ -95,6 +99,109 @@ def test_stream_level_on_a_resident_model_matches_and_restores(resident):
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert all(h == {} for m in model.modules() for h in (m._forward_hooks, m._forward_pre_hooks))
+
+
+def _conv_and_linear_lora(model, file) -> None:
+    """A kohya LoRA on the resnets' 3x3 conv1 and the attentions' to_q: both kinds of folding."""
+    gen, lora = torch.Generator().manual_seed(11), {}
+    for name, m in model.unet.named_modules():
+        if "motion_modules" in name or not name.endswith(("conv1", "to_q")):
+            continue
+        key = "lora_unet_" + name.replace(".", "_")
+        if isinstance(m, torch.nn.Conv2d):
+            down, up = torch.randn(2, m.in_channels, 3, 3, generator=gen), torch.randn(m.out_channels, 2, 1, 1, generator=gen)
+        else:
+            down, up = torch.randn(2, m.in_features, generator=gen), torch.randn(m.out_features, 2, generator=gen)
+        lora[key + ".lora_down.weight"], lora[key + ".lora_up.weight"] = 0.3 * down, 0.3 * up
+    save_file(lora, str(file))
+
+
+def _digest(file) -> str:
+    return hashlib.sha256(open(file, "rb").read()).hexdigest()
+
+
+def test_fast_stream_folds_lora_as_read_within_rounding_and_changes_nothing(model_dir, tmp_path):
+    path, _ = model_dir
+    model = load_diffueraser(path, stream=True)
+    _conv_and_linear_lora(model, tmp_path / "lora.safetensors")
+    apply_kohya_lora(model.unet, tmp_path / "lora.safetensors")
+    layers = [m for m in model.unet.modules() if isinstance(m, BaseTunerLayer)]
+    merged_during = []
+    probes = [m.register_forward_hook(lambda m, a, o: merged_during.append(m.merged)) for m in layers]
+    plain = _eps(model)
+    assert merged_during and not any(merged_during)
+    files = {f: _digest(f) for f in path.rglob("*.safetensors")}
+    merged_during.clear()
+    with low_memory(model, None, "stream", compute_device="cpu", fast=True) as (denoiser, _):
+        assert stream_of(model.unet).fuse_adapters
+        fast = _eps(denoiser)
+        # With gradients on, nothing is folded (the adapters must see their inputs).
+        merged_grad = len(merged_during)
+        with torch.enable_grad():
+            latents, text, cond = _inputs()
+            torch.testing.assert_close(denoiser.predict_eps(latents, 500, text, cond, 4), plain, rtol=1e-5, atol=1e-5)
+        assert len(merged_during) > merged_grad and not any(merged_during[merged_grad:])
+        merged_during = merged_during[:merged_grad]
+    # Folding happened (convolutions and linears) and changed the result by float rounding only.
+    assert sum(merged_during) >= 4, merged_during
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+    # Afterwards: adapters unfused again, weights re-read from unchanged files, the exact result.
+    assert not stream_of(model.unet).fuse_adapters
+    assert all(m.merged_adapters == [] and not m._forward_pre_hooks for m in layers)
+    assert {f: _digest(f) for f in files} == files
+    assert torch.equal(_eps(model), plain)
+    for probe in probes:
+        probe.remove()
+
+
+def test_fold_pays_only_where_the_adapter_costs_more():
+    wide, narrow = torch.nn.Linear(1280, 1280), torch.nn.Linear(320, 320)
+    assert not _fold_pays(wide, torch.zeros(88, 1280))  # deep level of a small clip: few rows
+    assert _fold_pays(wide, torch.zeros(22, 256, 1280))
+    assert _fold_pays(narrow, torch.zeros(22, 256, 320))
+    conv = torch.nn.Conv2d(1280, 1280, 3, stride=2, padding=1)
+    assert not _fold_pays(conv, torch.zeros(22, 1280, 4, 4))  # 22 * 2 * 2 output pixels
+    assert _fold_pays(conv, torch.zeros(22, 1280, 64, 64))
+
+
+def test_scratch_buffer_is_never_overwritten_while_a_weight_is_held(model_dir):
+    path, _ = model_dir
+    model = load_diffueraser(path, stream=True)
+    stream = stream_of(model.unet)
+    block, entries = stream.groups[0]
+    first = entries[0]
+    key = next(n for n, p in model.unet.named_parameters() if p is first.module._parameters[first.attr])
+    stored = load_file(str(path / "unet_main" / "diffusion_pytorch_model.safetensors"))[key]
+    kept = []
+    probe = block.register_forward_pre_hook(lambda m, a: kept.append(first.module._parameters[first.attr].data))
+    ref = _eps(model)
+    # The kept weight was read into a slot of the shared buffer, which the later layers then left alone.
+    assert kept[0].untyped_storage().nbytes() > kept[0].numel() * kept[0].element_size()
+    assert torch.equal(_eps(model), ref)
+    assert torch.equal(kept[0], stored) and torch.equal(kept[1], stored)
+    probe.remove()
+    kept.clear()
+    assert torch.equal(_eps(model), ref)
+    scratch = stream._scratch  # with nothing held, one buffer serves every layer of every call
+    assert torch.equal(_eps(model), ref) and stream._scratch is scratch
+
+
+def test_contiguous_motion_inputs_match_and_come_off(model_dir):
+    # No LoRA here: the fixture's unscaled random one amplifies rounding differences to 5 %.
+    resident = load_diffueraser(model_dir[0])
+    unet = resident.unet
+    ref = _eps(resident)
+    handles = contiguous_motion_inputs(unet)
+    seen = []
+    probes = [m.register_forward_pre_hook(lambda m, a, k: seen.append(k["input"].is_contiguous()), with_kwargs=True)
+              for m in (h_module.proj_in for h_module in unet.modules() if hasattr(h_module, "proj_in")
+                        and "AnimateDiffTransformer3D" in type(h_module).__name__)]
+    fast = _eps(resident)
+    assert len(handles) == len(probes) > 0 and len(seen) == len(probes) and all(seen)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    for h in handles + probes:
+        h.remove()
+    assert torch.equal(_eps(resident), ref)
 
 
 def test_cpu_auto_streams_when_ram_is_short(resident):
