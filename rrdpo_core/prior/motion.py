@@ -163,6 +163,7 @@ def completed_flows(video: np.ndarray, holes: np.ndarray, downscale: float, pres
         return np.clip(small * 255.0 + 0.5, 0, 255).astype(np.uint8), region
 
     grays, regions = zip(*ordered_map(prepare, range(length), workers))
+    grid = np.mgrid[0:fh, 0:fw].astype(np.float32)  # (y, x) of every working pixel, read by every pair
     local = threading.local()
 
     def pair(t: int) -> tuple[FlowField, FlowField]:
@@ -186,8 +187,8 @@ def completed_flows(video: np.ndarray, holes: np.ndarray, downscale: float, pres
             # diffueraser-example1 squares (30 frames), so it is not done.
             f = _complete_flow(f, region, geometry)
             b = _complete_flow(b, region, geometry)
-        return (FlowField(f, (height, width), raw_f, _background_motion(raw_f, f, region)),
-                FlowField(b, (height, width), raw_b, _background_motion(raw_b, b, region)))
+        return (FlowField(f, (height, width), raw_f, _background_motion(raw_f, f, region, grid)),
+                FlowField(b, (height, width), raw_b, _background_motion(raw_b, b, region, grid)))
 
     fwd, bwd = [], []
     for f, b in ordered_map(pair, range(length - 1), workers):
@@ -197,12 +198,14 @@ def completed_flows(video: np.ndarray, holes: np.ndarray, downscale: float, pres
     return fwd, bwd
 
 
-def _background_motion(raw: np.ndarray, completed: np.ndarray, region: np.ndarray) -> np.ndarray | None:
+def _background_motion(raw: np.ndarray, completed: np.ndarray, region: np.ndarray, grid: np.ndarray
+                       ) -> np.ndarray | None:
     """The background's motion everywhere: the completed flow inside ``region``, the frame's dominant motion outside.
 
     The dominant motion is an affine fit (RANSAC) to the raw flow at up to about
     ``_DOMINANT_POINTS`` pixels outside the region: the camera's motion, which objects moving on
     their own do not follow. None when it cannot be fitted (then only the holes are checked).
+    ``grid`` is ``np.mgrid`` over the flow's pixels, ``(2, h, w)`` float32.
     """
     h, w = region.shape
     step = max(1, int(math.sqrt(h * w / _DOMINANT_POINTS)))
@@ -214,10 +217,8 @@ def _background_motion(raw: np.ndarray, completed: np.ndarray, region: np.ndarra
     model = _fit_affine(raw, ys, xs)
     if model is None:
         return None
-    gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
     out = np.empty_like(raw)
-    out[..., 0] = model[0, 0] * gx + model[0, 1] * gy + model[0, 2] - gx
-    out[..., 1] = model[1, 0] * gx + model[1, 1] * gy + model[1, 2] - gy
+    out[..., 0], out[..., 1] = _affine_motion(model, grid[1], grid[0])
     out[region] = completed[region]
     return out
 
@@ -267,6 +268,12 @@ def _fit_affine(flow: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray 
     return model
 
 
+def _affine_motion(model: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The displacement ``(dx, dy)`` the affine ``model`` (2x3) gives the points ``(xs, ys)``."""
+    return (model[0, 0] * xs + model[0, 1] * ys + model[0, 2] - xs,
+            model[1, 0] * xs + model[1, 1] * ys + model[1, 2] - ys)
+
+
 def _complete_flow(flow: np.ndarray, region: np.ndarray, holes: list[_Hole]) -> np.ndarray:
     """Replace ``flow`` inside ``region`` by the affine motion of the ring around each hole.
 
@@ -288,9 +295,8 @@ def _complete_flow(flow: np.ndarray, region: np.ndarray, holes: list[_Hole]) -> 
             unknown[hole.ys, hole.xs] = True
             out = harmonic_fill(out, unknown)
             continue
-        xs, ys = hole.xs.astype(np.float32), hole.ys.astype(np.float32)
-        out[hole.ys, hole.xs, 0] = model[0, 0] * xs + model[0, 1] * ys + model[0, 2] - xs
-        out[hole.ys, hole.xs, 1] = model[1, 0] * xs + model[1, 1] * ys + model[1, 2] - ys
+        out[hole.ys, hole.xs, 0], out[hole.ys, hole.xs, 1] = _affine_motion(
+            model, hole.xs.astype(np.float32), hole.ys.astype(np.float32))
     return out
 
 
