@@ -26,7 +26,11 @@ own generator: the two sides then encode to the same latents up to that noise.
 Printed: per run, load and sampling seconds, seconds inside BrushNet / the motion UNet / VAE
 encode / VAE decode, and peak memory; then the medians, ours/original ratios, and the output
 difference (final latents; generated and composited 8-bit frames). ``--profile`` adds a
-torch.profiler table of the top operators of each side's sampling.
+torch.profiler table of the top operators of each side's sampling. Each worker also measures, right
+before it samples, the rate the device delivers for the sampler's operators (best of a matrix
+product and its 3x3 convolution shapes); the summary gives the FLOPs of a run (counted on
+meta-device networks), each side's rate over its sampling time, and its share of the best such
+rate seen in the run.
 """
 from __future__ import annotations
 
