@@ -49,6 +49,7 @@ from ..progress import CancelFn, Progress, ProgressFn
 from ..video_io import as_frames, as_masks, to_tensor
 from .fusion import KnownSampler, colour_offset, fuse_candidates, ring_of, ring_samples, spatial_fill
 from .motion import DIS_PRESETS, completed_flows, exposure_curve, motion_agreement, motion_check_stack
+from .objects import object_pixels, object_sources
 from .parallel import default_workers, ordered_map
 from .preview import SOURCE_COPIED, SOURCE_FUSED, SOURCE_KNOWN, SOURCE_SPATIAL
 from .sources import track_sources
@@ -306,6 +307,23 @@ def _propagate_numpy(video: np.ndarray, holes: np.ndarray, fwd, bwd, cfg: PriorS
                                    count[n_hole:] > 0)
             if offset is not None:
                 hole_fused = hole_fused + offset[ys[:n_hole], xs[:n_hole]]
+        obj = object_sources(holes, fwd, bwd, checks, t, ys, xs, cfg.slots, cfg.slots * cfg.gap)
+        if obj is not None:
+            # Where a moving object straddles the hole's border, the hole pixels it continues into
+            # are filled from the object's own sources (it is in front of the background).
+            o_colours, o_weights = np.zeros(obj.frame.shape + (3,), np.float32), np.zeros(obj.frame.shape, np.float32)
+            has = obj.frame >= 0
+            o_f = obj.frame[has]
+            o_col, o_ok = sampler.sample(o_f, obj.x[has], obj.y[has])
+            o_colours[has] = o_col * np.exp(curve[t] - curve[o_f])
+            o_weights[has] = np.where(o_ok, np.exp(-np.abs(o_f - t) / cfg.sigma) * obj.agree[has], 0.0)
+            o_fused, o_count = fuse_candidates(o_colours, o_weights, cfg.tolerance)
+            zy, zx = ys[obj.index], xs[obj.index]
+            on = object_pixels(o_colours, o_weights, o_fused, video[t, zy, zx], fused[obj.index], count[obj.index] > 0,
+                               obj.index >= n_hole, zy, zx, holes[t], cfg.slots, cfg.tolerance)
+            hole_fused[obj.index[on]] = o_fused[on]
+            hole_count_[obj.index[on]] = o_count[on]
+            got[obj.index[on]] = True
         hy, hx = ys[:n_hole][got], xs[:n_hole][got]
         out[t, hy, hx] = np.clip(hole_fused[got], 0.0, 1.0)
         source[t, hy, hx] = np.where(hole_count_[got] > 1, SOURCE_FUSED, SOURCE_COPIED)
