@@ -19,7 +19,13 @@ without any learned weights:
    the destination's exposure (a per-frame gain curve, :func:`.motion.exposure_curve`), and the
    remaining mismatch on a ring of known pixels around the hole is carried into the hole as a
    membrane (a gradient-domain blend).
-4. **Spatial fill** of never-seen pixels: the mean of Telea and the membrane of the pixels around
+4. **Object layer** (:mod:`.objects`, video completion): where a hole cuts through a moving object
+   that stays visible on the hole's ring (a second motion there, unlike the background's), the
+   hole pixels it continues into are filled from the object's own sources, found along the
+   object's motion, where past and future sources agree and the object is seen at the hole's
+   border. In object removal the mask covers the object, its border is background, and nothing
+   changes.
+5. **Spatial fill** of never-seen pixels: the mean of Telea and the membrane of the pixels around
    (:func:`.fusion.spatial_fill_frame`), carried from frame to frame along the flow so it does not
    flicker.
 
@@ -30,7 +36,7 @@ The result has a *visibility* map (1 where the pixel is known or was seen in ano
 Frame pairs, the two tracking sweeps and the fusion of each frame are independent and run on
 ``workers`` threads (:mod:`.parallel`); the result does not depend on their number.
 
-``device`` runs steps 2-4 with torch (and kornia) on that device (:mod:`.torch_path`), the same
+``device`` runs steps 2-5 with torch (and kornia) on that device (:mod:`.torch_path`), the same
 algorithm; the flow (step 1) is computed by OpenCV on the CPU in both paths.
 """
 from __future__ import annotations
@@ -245,7 +251,7 @@ def targets_of(holes: np.ndarray, ring: int) -> tuple[list[tuple[np.ndarray, np.
 
 def _propagate_numpy(video: np.ndarray, holes: np.ndarray, fwd, bwd, cfg: PriorSettings,
                      step: Callable[[], None], workers: int = 1) -> tuple[np.ndarray, np.ndarray, float]:
-    """Steps 2-4 with NumPy and OpenCV; writes into ``video`` inside the holes only.
+    """Steps 2-5 with NumPy and OpenCV; writes into ``video`` inside the holes only.
 
     The two tracking sweeps run side by side, then the frames are fused on ``workers`` threads:
     frame ``t`` writes only its own hole pixels and reads only known pixels.
@@ -307,6 +313,8 @@ def _propagate_numpy(video: np.ndarray, holes: np.ndarray, fwd, bwd, cfg: PriorS
                                    count[n_hole:] > 0)
             if offset is not None:
                 hole_fused = hole_fused + offset[ys[:n_hole], xs[:n_hole]]
+        # The object's tracks reach as far as a background list does at its sparsest (slots entries
+        # gap frames apart).
         obj = object_sources(holes, fwd, bwd, checks, t, ys, xs, cfg.slots, cfg.slots * cfg.gap)
         if obj is not None:
             # Where a moving object straddles the hole's border, the hole pixels it continues into

@@ -23,7 +23,8 @@ import numpy as np
 from ..membrane import harmonic_fill
 from .parallel import ordered_map
 
-__all__ = ["DIS_PRESETS", "FlowField", "ObjectLayers", "completed_flows", "consistent", "bilinear", "working_size", "motion_check_stack",
+__all__ = ["DIS_PRESETS", "FlowField", "ObjectLayers", "completed_flows", "consistent", "bilinear", "working_size",
+           "motion_check_stack",
            "MOTION_SIGMA_PX", "MOTION_SIGMA_REL",
            "MOTION_MIN_AGREEMENT", "motion_agreement", "bilinear_frames", "sample_by_frame", "exposure_curve"]
 

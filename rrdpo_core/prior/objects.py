@@ -6,16 +6,17 @@ an object that stays partly visible on the hole's ring (a square over a walking 
 inside continues that object. :func:`.motion._object_layers` finds such objects - a second,
 coherent motion on the ring, unlike the background's - and labels the hole pixels next to them.
 
-For those pixels this module follows the *object's* motion (its ring's affine model, at constant
-velocity) up to ``reach`` frames into the past and the future and takes the first ``slots``
+For those pixels (and the ring pixels beside them) this module follows the *object's* motion up
+to ``reach`` frames into the past and the future - the ring's model to start with and through
+holes, the raw flow of a landing once the object is seen there - and takes the first ``slots``
 landings on known pixels in each direction as sources. A source counts only where its own raw
-motion agrees with the object's model (the motion check of :func:`.motion.motion_agreement`, with
-the object in place of the background): where the hole pixel is not on the object (the object ends
-inside the hole), the track lands beside the object, on content that moves with the background,
-and is rejected. A source therefore says that the object's point that would be at the hole pixel
-was seen, moving with the object. The flow prior fills the pixel from these sources where at least
-two of them agree (:func:`.fusion.fuse_candidates`), as the object is in front of the background it
-crosses; elsewhere the background's sources fill it as before.
+motion agrees with the step that led there and not with the background's (the motion check of
+:func:`.motion.motion_agreement` with the object in place of the background): where the hole pixel
+is not on the object (the object ends inside the hole), the track lands beside the object, on
+content that moves with the background, and is rejected. :func:`object_pixels` then decides which
+hole pixels show the object: where past and future sources agree in colour, connected to a pixel
+of the hole's border that the object explains and the background does not. There the object's
+fused colour replaces the background's (the object is in front of the background it crosses).
 """
 from __future__ import annotations
 
@@ -174,7 +175,7 @@ def object_sources(holes: np.ndarray, fwd: list[FlowField], bwd: list[FlowField]
     lab_p, lab_f = lab_p[index], lab_f[index]
     parts = []
     def field_of(s: int, direction: int) -> FlowField | None:
-        """The flow away from frame ``t`` out of frame ``s``: s -> s - 1 towards the past, s -> s + 1 towards the future."""
+        """The flow away from frame ``t`` out of frame ``s`` (to ``s - 1`` towards the past, else ``s + 1``)."""
         if direction < 0:
             return bwd[s - 1] if s >= 1 else None
         return fwd[s] if s < len(fwd) else None

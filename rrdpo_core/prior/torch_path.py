@@ -238,7 +238,7 @@ def _colour_offset(frame: torch.Tensor, hole_np: np.ndarray, ring_ys, ring_xs, r
 
 def propagate_torch(video: np.ndarray, holes: np.ndarray, fwd: list[FlowField], bwd: list[FlowField], cfg,
                     device: torch.device, step: Callable[[], None]) -> tuple[np.ndarray, np.ndarray]:
-    """Steps 2-4 of the flow prior on ``device``; returns the filled video and the source map (NumPy)."""
+    """Steps 2-5 of the flow prior on ``device``; returns the filled video and the source map (NumPy)."""
     kornia = _kornia()
 
     length, height, width = holes.shape
