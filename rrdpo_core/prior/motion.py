@@ -338,7 +338,9 @@ def _object_layers(raw: np.ndarray, region: np.ndarray, holes: list[_Hole], mode
     their own. If at least ``_MIN_RING_POINTS`` of them follow one affine motion (RANSAC) that is
     itself beyond ``2 sigma`` of the background's, an object straddles the border: the hole pixels
     nearer to its part of the ring than to the background's part get its label. In object removal
-    the mask covers the object, its ring is background and no layer is found.
+    the mask covers the object, whose ring is then background; an object that only passes beside a
+    hole may still be found here, and :func:`.objects.object_pixels` keeps it out (it must be seen
+    on the hole's own border).
     """
     found: list[np.ndarray] = []
     label = None
