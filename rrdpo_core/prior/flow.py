@@ -19,7 +19,13 @@ without any learned weights:
    the destination's exposure (a per-frame gain curve, :func:`.motion.exposure_curve`), and the
    remaining mismatch on a ring of known pixels around the hole is carried into the hole as a
    membrane (a gradient-domain blend).
-4. **Spatial fill** of never-seen pixels: the mean of Telea and the membrane of the pixels around
+4. **Object layer** (:mod:`.objects`, video completion): where a hole cuts through a moving object
+   that stays visible on the hole's ring (a second motion there, unlike the background's), the
+   hole pixels it continues into are filled from the object's own sources, found along the
+   object's motion, where past and future sources agree and the object is seen at the hole's
+   border. In object removal the mask covers the object, its border is background, and nothing
+   changes.
+5. **Spatial fill** of never-seen pixels: the mean of Telea and the membrane of the pixels around
    (:func:`.fusion.spatial_fill_frame`), carried from frame to frame along the flow so it does not
    flicker.
 
@@ -30,7 +36,7 @@ The result has a *visibility* map (1 where the pixel is known or was seen in ano
 Frame pairs, the two tracking sweeps and the fusion of each frame are independent and run on
 ``workers`` threads (:mod:`.parallel`); the result does not depend on their number.
 
-``device`` runs steps 2-4 with torch (and kornia) on that device (:mod:`.torch_path`), the same
+``device`` runs steps 2-5 with torch (and kornia) on that device (:mod:`.torch_path`), the same
 algorithm; the flow (step 1) is computed by OpenCV on the CPU in both paths.
 """
 from __future__ import annotations
@@ -49,6 +55,7 @@ from ..progress import CancelFn, Progress, ProgressFn
 from ..video_io import as_frames, as_masks, to_tensor
 from .fusion import KnownSampler, colour_offset, fuse_candidates, ring_of, ring_samples, spatial_fill
 from .motion import DIS_PRESETS, completed_flows, exposure_curve, motion_agreement, motion_check_stack
+from .objects import object_pixels, object_sources
 from .parallel import default_workers, ordered_map
 from .preview import SOURCE_COPIED, SOURCE_FUSED, SOURCE_KNOWN, SOURCE_SPATIAL
 from .sources import track_sources
@@ -244,7 +251,7 @@ def targets_of(holes: np.ndarray, ring: int) -> tuple[list[tuple[np.ndarray, np.
 
 def _propagate_numpy(video: np.ndarray, holes: np.ndarray, fwd, bwd, cfg: PriorSettings,
                      step: Callable[[], None], workers: int = 1) -> tuple[np.ndarray, np.ndarray, float]:
-    """Steps 2-4 with NumPy and OpenCV; writes into ``video`` inside the holes only.
+    """Steps 2-5 with NumPy and OpenCV; writes into ``video`` inside the holes only.
 
     The two tracking sweeps run side by side, then the frames are fused on ``workers`` threads:
     frame ``t`` writes only its own hole pixels and reads only known pixels.
@@ -306,6 +313,25 @@ def _propagate_numpy(video: np.ndarray, holes: np.ndarray, fwd, bwd, cfg: PriorS
                                    count[n_hole:] > 0)
             if offset is not None:
                 hole_fused = hole_fused + offset[ys[:n_hole], xs[:n_hole]]
+        # The object's tracks reach as far as a background list does at its sparsest (slots entries
+        # gap frames apart).
+        obj = object_sources(holes, fwd, bwd, checks, t, ys, xs, cfg.slots, cfg.slots * cfg.gap)
+        if obj is not None:
+            # Where a moving object straddles the hole's border, the hole pixels it continues into
+            # are filled from the object's own sources (it is in front of the background).
+            o_colours, o_weights = np.zeros(obj.frame.shape + (3,), np.float32), np.zeros(obj.frame.shape, np.float32)
+            has = obj.frame >= 0
+            o_f = obj.frame[has]
+            o_col, o_ok = sampler.sample(o_f, obj.x[has], obj.y[has])
+            o_colours[has] = o_col * np.exp(curve[t] - curve[o_f])
+            o_weights[has] = np.where(o_ok, np.exp(-np.abs(o_f - t) / cfg.sigma) * obj.agree[has], 0.0)
+            o_fused, o_count = fuse_candidates(o_colours, o_weights, cfg.tolerance)
+            zy, zx = ys[obj.index], xs[obj.index]
+            on = object_pixels(o_colours, o_weights, o_fused, video[t, zy, zx], fused[obj.index], count[obj.index] > 0,
+                               obj.index >= n_hole, zy, zx, holes[t], cfg.slots, cfg.tolerance)
+            hole_fused[obj.index[on]] = o_fused[on]
+            hole_count_[obj.index[on]] = o_count[on]
+            got[obj.index[on]] = True
         hy, hx = ys[:n_hole][got], xs[:n_hole][got]
         out[t, hy, hx] = np.clip(hole_fused[got], 0.0, 1.0)
         source[t, hy, hx] = np.where(hole_count_[got] > 1, SOURCE_FUSED, SOURCE_COPIED)

@@ -23,7 +23,8 @@ import numpy as np
 from ..membrane import harmonic_fill
 from .parallel import ordered_map
 
-__all__ = ["DIS_PRESETS", "FlowField", "completed_flows", "consistent", "bilinear", "working_size", "motion_check_stack",
+__all__ = ["DIS_PRESETS", "FlowField", "ObjectLayers", "completed_flows", "consistent", "bilinear", "working_size",
+           "motion_check_stack",
            "MOTION_SIGMA_PX", "MOTION_SIGMA_REL",
            "MOTION_MIN_AGREEMENT", "motion_agreement", "bilinear_frames", "sample_by_frame", "exposure_curve"]
 
@@ -50,6 +51,9 @@ _EXPOSURE_LO = 0.04
 _EXPOSURE_HI = 0.96
 _MAX_RING_POINTS = 400
 _MIN_RING_WIDTH = 8
+# RANSAC draws of an object's motion on a hole's ring: log(0.01) / log(1 - 0.3 ** 3) = 168, so an
+# object that is 30 % of the ring's outliers is found with 99 % confidence.
+_OBJECT_RANSAC_ITERS = 170
 # Pixels the dominant (camera) motion of a frame is fitted to.
 _DOMINANT_POINTS = 2000
 
@@ -104,8 +108,11 @@ class FlowField:
     """A low-resolution flow field read at full-resolution positions, in full-resolution pixels."""
 
     def __init__(self, flow: np.ndarray, full_hw: tuple[int, int], raw: np.ndarray | None = None,
-                 background: np.ndarray | None = None):
+                 background: np.ndarray | None = None, objects: "ObjectLayers | None" = None):
         self.flow = flow
+        # Objects straddling a hole's border (:func:`_object_layers`): their motion models and the
+        # hole pixels next to them; None: no hole has one.
+        self.objects = objects
         self.raw = flow if raw is None else raw  # DIS before completion (for the motion check)
         # The background's motion (for the motion check): the completed flow in the holes, the
         # frame's dominant motion elsewhere; None: the completed flow everywhere.
@@ -164,6 +171,7 @@ def completed_flows(video: np.ndarray, holes: np.ndarray, downscale: float, pres
 
     grays, regions = zip(*ordered_map(prepare, range(length), workers))
     grid = np.mgrid[0:fh, 0:fw].astype(np.float32)  # (y, x) of every working pixel, read by every pair
+    scale = 0.5 * (width / fw + height / fh)  # full-resolution pixels per working pixel
     local = threading.local()
 
     def pair(t: int) -> tuple[FlowField, FlowField]:
@@ -185,8 +193,12 @@ def completed_flows(video: np.ndarray, holes: np.ndarray, downscale: float, pres
             # Each direction gets its own fit: taking the inverse of the forward fit for the backward
             # flow halves the RANSAC work but scored 0.4 dB lower hole PSNR on
             # diffueraser-example1 squares (30 frames), so it is not done.
-            f = _complete_flow(f, region, geometry)
-            b = _complete_flow(b, region, geometry)
+            f, models_f = _complete_flow(f, region, geometry)
+            b, models_b = _complete_flow(b, region, geometry)
+            objects_f = _object_layers(raw_f, region, geometry, models_f, scale)
+            objects_b = _object_layers(raw_b, region, geometry, models_b, scale)
+            return (FlowField(f, (height, width), raw_f, _background_motion(raw_f, f, region, grid), objects_f),
+                    FlowField(b, (height, width), raw_b, _background_motion(raw_b, b, region, grid), objects_b))
         return (FlowField(f, (height, width), raw_f, _background_motion(raw_f, f, region, grid)),
                 FlowField(b, (height, width), raw_b, _background_motion(raw_b, b, region, grid)))
 
@@ -274,15 +286,18 @@ def _affine_motion(model: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> tuple[n
             model[1, 0] * xs + model[1, 1] * ys + model[1, 2] - ys)
 
 
-def _complete_flow(flow: np.ndarray, region: np.ndarray, holes: list[_Hole]) -> np.ndarray:
+def _complete_flow(flow: np.ndarray, region: np.ndarray, holes: list[_Hole]
+                   ) -> tuple[np.ndarray, list[np.ndarray | None]]:
     """Replace ``flow`` inside ``region`` by the affine motion of the ring around each hole.
 
     Background motion around a hole is close to affine (camera pan, zoom, slow rotation), and a
     robust fit ignores a foreground object crossing the ring. A hole without a usable ring takes
     the fit over all rings; with none at all, the flow is filled with a smooth membrane.
+    Returns the completed flow and each hole's background model (None where it had none).
     """
     out = flow.copy()
     shared: list = []
+    models: list[np.ndarray | None] = []
     for hole in holes:
         model = _fit_affine(flow, hole.ring_ys, hole.ring_xs)
         if model is None:
@@ -290,6 +305,7 @@ def _complete_flow(flow: np.ndarray, region: np.ndarray, holes: list[_Hole]) -> 
                 shared.append(_fit_affine(flow, np.concatenate([h.ring_ys for h in holes]),
                                           np.concatenate([h.ring_xs for h in holes])))
             model = shared[0]
+        models.append(model)
         if model is None:
             unknown = np.zeros(region.shape, bool)
             unknown[hole.ys, hole.xs] = True
@@ -297,7 +313,88 @@ def _complete_flow(flow: np.ndarray, region: np.ndarray, holes: list[_Hole]) -> 
             continue
         out[hole.ys, hole.xs, 0], out[hole.ys, hole.xs, 1] = _affine_motion(
             model, hole.xs.astype(np.float32), hole.ys.astype(np.float32))
-    return out
+    return out, models
+
+
+@dataclass
+class ObjectLayers:
+    """Objects straddling hole borders in one flow field (working resolution).
+
+    ``models[k]`` is the affine motion (2x3) of the k-th object; ``label`` ``(h, w)`` int16 is k at
+    the hole pixels next to it (closer to its part of the ring than to the background's), -1
+    elsewhere.
+    """
+
+    models: list[np.ndarray]
+    label: np.ndarray
+
+
+def _object_layers(raw: np.ndarray, region: np.ndarray, holes: list[_Hole], models: list[np.ndarray | None],
+                   scale: float) -> ObjectLayers | None:
+    """Find objects that a hole cuts through: a second motion on the hole's ring, unlike the background's.
+
+    Ring pixels whose raw flow is more than ``2 sigma`` off the hole's background model (the motion
+    check's tolerance, :data:`MOTION_SIGMA_PX` + :data:`MOTION_SIGMA_REL` of the motion) move on
+    their own. If at least ``_MIN_RING_POINTS`` of them follow one affine motion (RANSAC) that is
+    itself beyond ``2 sigma`` of the background's, an object straddles the border: the hole pixels
+    nearer to its part of the ring than to the background's part get its label. In object removal
+    the mask covers the object, whose ring is then background; an object that only passes beside a
+    hole may still be found here, and :func:`.objects.object_pixels` keeps it out (it must be seen
+    on the hole's own border).
+    """
+    found: list[np.ndarray] = []
+    label = None
+    for hole, model in zip(holes, models):
+        if model is None or len(hole.ring_ys) < 2 * _MIN_RING_POINTS:
+            continue
+        rys, rxs = hole.ring_ys, hole.ring_xs
+        fx, fy = _affine_motion(model, rxs.astype(np.float32), rys.astype(np.float32))
+        vx, vy = raw[rys, rxs, 0], raw[rys, rxs, 1]
+        sigma = MOTION_SIGMA_PX / scale + MOTION_SIGMA_REL * np.sqrt(fx * fx + fy * fy)
+        off = (vx - fx) ** 2 + (vy - fy) ** 2 > (2 * sigma) ** 2
+        if off.sum() < _MIN_RING_POINTS:
+            continue
+        oys, oxs = rys[off], rxs[off]
+        src = np.stack([oxs, oys], 1).astype(np.float32)
+        # At most _OBJECT_RANSAC_ITERS draws: an object making up 30 % or more of the outliers is
+        # found with 99 % confidence; scattered outliers (noise) do not cost RANSAC's 2000.
+        obj, inl = cv2.estimateAffine2D(src, src + raw[oys, oxs], method=cv2.RANSAC, ransacReprojThreshold=1.0,
+                                        maxIters=_OBJECT_RANSAC_ITERS)
+        if obj is None or inl is None or int(inl.sum()) < _MIN_RING_POINTS:
+            continue
+        inl = inl.ravel() > 0
+        oys, oxs = oys[inl], oxs[inl]
+        # The object's model must itself move unlike the background where it was fitted.
+        ox, oy = _affine_motion(obj, oxs.astype(np.float32), oys.astype(np.float32))
+        bx, by = _affine_motion(model, oxs.astype(np.float32), oys.astype(np.float32))
+        sig = MOTION_SIGMA_PX / scale + MOTION_SIGMA_REL * np.sqrt(bx * bx + by * by)
+        if np.median(((ox - bx) ** 2 + (oy - by) ** 2) / sig ** 2) <= 4.0:
+            continue
+        bys, bxs = rys[~off], rxs[~off]
+        # Hole pixels nearer to the object's ring pixels than to the background's (in the hole's box).
+        y0 = int(min(hole.ys.min(), rys.min()))
+        x0 = int(min(hole.xs.min(), rxs.min()))
+        y1 = int(max(hole.ys.max(), rys.max())) + 1
+        x1 = int(max(hole.xs.max(), rxs.max())) + 1
+        d_obj = _distance_to(oys - y0, oxs - x0, (y1 - y0, x1 - x0))
+        d_bg = _distance_to(bys - y0, bxs - x0, (y1 - y0, x1 - x0))
+        near = d_obj[hole.ys - y0, hole.xs - x0] < d_bg[hole.ys - y0, hole.xs - x0]
+        if not near.any():
+            continue
+        if label is None:
+            label = np.full(region.shape, -1, np.int16)
+        label[hole.ys[near], hole.xs[near]] = len(found)
+        found.append(obj)
+    return ObjectLayers(found, label) if found else None
+
+
+def _distance_to(ys: np.ndarray, xs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Euclidean distance of every pixel of a box of ``shape`` to the nearest of the points ``(ys, xs)``."""
+    if len(ys) == 0:
+        return np.full(shape, np.inf, np.float32)
+    seeds = np.ones(shape, np.uint8)
+    seeds[ys, xs] = 0
+    return cv2.distanceTransform(seeds, cv2.DIST_L2, 3)
 
 
 def motion_check_stack(fwd: list[FlowField], bwd: list[FlowField], towards_past: bool) -> np.ndarray:

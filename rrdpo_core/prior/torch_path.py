@@ -21,6 +21,7 @@ from .fusion import _TIE_BREAK, OFFSET_SCALE, RING_OUTLIER, offset_box
 from ..membrane import membrane_window
 from .motion import (CONSISTENCY_ALPHA, CONSISTENCY_BETA, MOTION_MIN_AGREEMENT, MOTION_SIGMA_PX, MOTION_SIGMA_REL,
                      FlowField, exposure_curve, motion_check_stack)
+from .objects import object_pixels, object_sources
 from .preview import SOURCE_COPIED, SOURCE_FUSED, SOURCE_KNOWN, SOURCE_SPATIAL
 
 __all__ = ["propagate_torch", "harmonic_fill_torch"]
@@ -237,7 +238,7 @@ def _colour_offset(frame: torch.Tensor, hole_np: np.ndarray, ring_ys, ring_xs, r
 
 def propagate_torch(video: np.ndarray, holes: np.ndarray, fwd: list[FlowField], bwd: list[FlowField], cfg,
                     device: torch.device, step: Callable[[], None]) -> tuple[np.ndarray, np.ndarray]:
-    """Steps 2-4 of the flow prior on ``device``; returns the filled video and the source map (NumPy)."""
+    """Steps 2-5 of the flow prior on ``device``; returns the filled video and the source map (NumPy)."""
     kornia = _kornia()
 
     length, height, width = holes.shape
@@ -268,8 +269,8 @@ def propagate_torch(video: np.ndarray, holes: np.ndarray, fwd: list[FlowField], 
         targets.append((ys, xs))
 
     if length > 1:
-        checks = [torch.from_numpy(motion_check_stack(fwd, bwd, towards_past=p)).to(device).permute(0, 3, 1, 2)
-                  for p in (True, False)]
+        checks_np = tuple(motion_check_stack(fwd, bwd, towards_past=p) for p in (True, False))
+        checks = [torch.from_numpy(c).to(device).permute(0, 3, 1, 2) for c in checks_np]
         curve = torch.from_numpy(exposure_curve(video, holes, fwd)).to(device)
         past = _track(hol, fwd, bwd, targets, forward=True, slots=cfg.slots, gap=cfg.gap, step=step)
         future = _track(hol, fwd, bwd, targets, forward=False, slots=cfg.slots, gap=cfg.gap, step=step)
@@ -297,6 +298,33 @@ def propagate_torch(video: np.ndarray, holes: np.ndarray, fwd: list[FlowField], 
                     if offset is not None:
                         hole_fused = hole_fused + offset[:, ys[:n_hole], xs[:n_hole]].T
                 got = hole_n > 0
+                ys_np, xs_np = ys.cpu().numpy(), xs.cpu().numpy()
+                obj = object_sources(holes, fwd, bwd, checks_np, t, ys_np, xs_np, cfg.slots, cfg.slots * cfg.gap)
+                if obj is not None:
+                    # The object layer (:mod:`.objects`): its sources read, fused and checked here,
+                    # which pixels it fills decided by the same NumPy rule.
+                    o_f = torch.from_numpy(obj.frame.astype(np.int64)).to(device)
+                    o_x = torch.from_numpy(obj.x).to(device)
+                    o_y = torch.from_numpy(obj.y).to(device)
+                    o_s = _bilinear_points(premult, o_f.clamp_min(0).reshape(-1), o_x.reshape(-1),
+                                           o_y.reshape(-1)).reshape(*o_f.shape, 4)
+                    o_valid = (o_f >= 0) & (o_s[..., 3] > 1e-3)
+                    o_col = o_s[..., :3] / o_s[..., 3:].clamp_min(1e-3) * torch.exp(curve[t] - curve[o_f.clamp_min(0)])
+                    o_w = torch.where(o_valid, torch.exp(-(o_f - t).abs().float() / cfg.sigma)
+                                      * torch.from_numpy(obj.agree).to(device), torch.zeros_like(o_x))
+                    o_fused, o_count = _fuse(o_col, o_w, cfg.tolerance)
+                    index = torch.from_numpy(obj.index).to(device)
+                    zy, zx = ys_np[obj.index], xs_np[obj.index]
+                    on = object_pixels(o_col.cpu().numpy(), o_w.cpu().numpy(), o_fused.cpu().numpy(),
+                                       video[t, zy, zx], fused[index].cpu().numpy(), (count[index] > 0).cpu().numpy(),
+                                       obj.index >= n_hole, zy, zx, holes[t], cfg.slots, cfg.tolerance)
+                    on_t = torch.from_numpy(on).to(device)
+                    sel = index[on_t]
+                    hole_fused = hole_fused.clone()
+                    hole_n = hole_n.clone()
+                    hole_fused[sel] = o_fused[on_t]
+                    hole_n[sel] = o_count[on_t]
+                    got = hole_n > 0
                 hy, hx = ys[:n_hole][got], xs[:n_hole][got]
                 out[t, :, hy, hx] = hole_fused[got].clamp(0, 1).T
                 source[t, hy, hx] = torch.where(hole_n[got] > 1, SOURCE_FUSED, SOURCE_COPIED).to(torch.uint8)
