@@ -74,7 +74,6 @@ def bilinear(field_: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.zeros((0, channels), np.float32)
     cols = 1024
     rows = -(-n // cols)
-    pad = rows * cols - n
     mx = np.zeros(rows * cols, np.float32)
     my = np.zeros(rows * cols, np.float32)
     mx[:n] = x
