@@ -25,7 +25,7 @@ from .parallel import ordered_map
 
 __all__ = ["DIS_PRESETS", "FlowField", "ObjectLayers", "completed_flows", "consistent", "bilinear", "working_size",
            "motion_check_stack",
-           "MOTION_SIGMA_PX", "MOTION_SIGMA_REL",
+           "MOTION_SIGMA_PX", "MOTION_SIGMA_REL", "motion_sigma", "affine_motion",
            "MOTION_MIN_AGREEMENT", "motion_agreement", "bilinear_frames", "sample_by_frame", "exposure_curve"]
 
 DIS_PRESETS = {
@@ -229,7 +229,7 @@ def _background_motion(raw: np.ndarray, completed: np.ndarray, region: np.ndarra
     if model is None:
         return None
     out = np.empty_like(raw)
-    out[..., 0], out[..., 1] = _affine_motion(model, grid[1], grid[0])
+    out[..., 0], out[..., 1] = affine_motion(model, grid[1], grid[0])
     out[region] = completed[region]
     return out
 
@@ -279,10 +279,16 @@ def _fit_affine(flow: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray 
     return model
 
 
-def _affine_motion(model: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def affine_motion(model: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The displacement ``(dx, dy)`` the affine ``model`` (2x3) gives the points ``(xs, ys)``."""
     return (model[0, 0] * xs + model[0, 1] * ys + model[0, 2] - xs,
             model[1, 0] * xs + model[1, 1] * ys + model[1, 2] - ys)
+
+
+def motion_sigma(dx: np.ndarray, dy: np.ndarray, floor: float = MOTION_SIGMA_PX) -> np.ndarray:
+    """The motion check's tolerance for an expected motion ``(dx, dy)``: ``floor`` (flow noise,
+    :data:`MOTION_SIGMA_PX` full-resolution pixels) plus :data:`MOTION_SIGMA_REL` of its length."""
+    return floor + MOTION_SIGMA_REL * np.sqrt(dx * dx + dy * dy)
 
 
 def _complete_flow(flow: np.ndarray, region: np.ndarray, holes: list[_Hole]
@@ -310,7 +316,7 @@ def _complete_flow(flow: np.ndarray, region: np.ndarray, holes: list[_Hole]
             unknown[hole.ys, hole.xs] = True
             out = harmonic_fill(out, unknown)
             continue
-        out[hole.ys, hole.xs, 0], out[hole.ys, hole.xs, 1] = _affine_motion(
+        out[hole.ys, hole.xs, 0], out[hole.ys, hole.xs, 1] = affine_motion(
             model, hole.xs.astype(np.float32), hole.ys.astype(np.float32))
     return out, models
 
@@ -347,9 +353,9 @@ def _object_layers(raw: np.ndarray, region: np.ndarray, holes: list[_Hole], mode
         if model is None or len(hole.ring_ys) < 2 * _MIN_RING_POINTS:
             continue
         rys, rxs = hole.ring_ys, hole.ring_xs
-        fx, fy = _affine_motion(model, rxs.astype(np.float32), rys.astype(np.float32))
+        fx, fy = affine_motion(model, rxs.astype(np.float32), rys.astype(np.float32))
         vx, vy = raw[rys, rxs, 0], raw[rys, rxs, 1]
-        sigma = MOTION_SIGMA_PX / scale + MOTION_SIGMA_REL * np.sqrt(fx * fx + fy * fy)
+        sigma = motion_sigma(fx, fy, MOTION_SIGMA_PX / scale)
         off = (vx - fx) ** 2 + (vy - fy) ** 2 > (2 * sigma) ** 2
         if off.sum() < _MIN_RING_POINTS:
             continue
@@ -364,9 +370,9 @@ def _object_layers(raw: np.ndarray, region: np.ndarray, holes: list[_Hole], mode
         inl = inl.ravel() > 0
         oys, oxs = oys[inl], oxs[inl]
         # The object's model must itself move unlike the background where it was fitted.
-        ox, oy = _affine_motion(obj, oxs.astype(np.float32), oys.astype(np.float32))
-        bx, by = _affine_motion(model, oxs.astype(np.float32), oys.astype(np.float32))
-        sig = MOTION_SIGMA_PX / scale + MOTION_SIGMA_REL * np.sqrt(bx * bx + by * by)
+        ox, oy = affine_motion(obj, oxs.astype(np.float32), oys.astype(np.float32))
+        bx, by = affine_motion(model, oxs.astype(np.float32), oys.astype(np.float32))
+        sig = motion_sigma(bx, by, MOTION_SIGMA_PX / scale)
         if np.median(((ox - bx) ** 2 + (oy - by) ** 2) / sig ** 2) <= 4.0:
             continue
         bys, bxs = rys[~off], rxs[~off]
@@ -451,7 +457,7 @@ def motion_agreement(stack: np.ndarray, full_hw: tuple[int, int], f: np.ndarray,
     sx, sy = full_hw[1] / w, full_hw[0] / h
     v = sample_by_frame(stack.__getitem__, f, (x + 0.5) / sx - 0.5, (y + 0.5) / sy - 0.5, stack.shape[-1])
     ex, ey, bx, by = v[:, 0] * sx, v[:, 1] * sy, v[:, 2] * sx, v[:, 3] * sy
-    sigma = MOTION_SIGMA_PX + MOTION_SIGMA_REL * np.sqrt(bx * bx + by * by)
+    sigma = motion_sigma(bx, by)
     agree = np.exp(-(ex * ex + ey * ey) / (2 * sigma * sigma)).astype(np.float32)
     return np.where(agree >= MOTION_MIN_AGREEMENT, agree, 0.0).astype(np.float32)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .motion import MOTION_MIN_AGREEMENT, MOTION_SIGMA_PX, MOTION_SIGMA_REL, FlowField, bilinear
+from .motion import MOTION_MIN_AGREEMENT, FlowField, affine_motion, bilinear, motion_sigma
 
 __all__ = ["ObjectSources", "object_sources", "object_pixels"]
 
@@ -58,9 +58,7 @@ def _labels_at(field: FlowField | None, xs: np.ndarray, ys: np.ndarray) -> np.nd
 
 def _model_step(field: FlowField, model: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The displacement (full-resolution pixels) the object's ``model`` (working resolution) gives ``(x, y)``."""
-    wx, wy = (x + 0.5) / field.sx - 0.5, (y + 0.5) / field.sy - 0.5
-    dx = model[0, 0] * wx + model[0, 1] * wy + model[0, 2] - wx
-    dy = model[1, 0] * wx + model[1, 1] * wy + model[1, 2] - wy
+    dx, dy = affine_motion(model, (x + 0.5) / field.sx - 0.5, (y + 0.5) / field.sy - 0.5)
     return (dx * field.sx).astype(np.float32), (dy * field.sy).astype(np.float32)
 
 
@@ -139,10 +137,10 @@ def _track(holes: np.ndarray, field: FlowField, labels: np.ndarray, check: np.nd
         ex, ey = ux - dx[idx], uy - dy[idx]
         # The velocity was last measured ``since`` frames ago: its uncertainty grows with that
         # (the object may accelerate), so does the tolerance.
-        sigma = (MOTION_SIGMA_PX + MOTION_SIGMA_REL * np.sqrt(dx[idx] ** 2 + dy[idx] ** 2)) * since[idx]
+        sigma = motion_sigma(dx[idx], dy[idx]) * since[idx]
         a = np.exp(-(ex * ex + ey * ey) / (2 * sigma * sigma))
         # ... and unlike the background's there: a pixel both could explain is no evidence of the object.
-        sb = MOTION_SIGMA_PX + MOTION_SIGMA_REL * np.sqrt(bx * bx + by * by)
+        sb = motion_sigma(bx, by)
         own = (ux - bx) ** 2 + (uy - by) ** 2 > (2 * sb) ** 2
         good = (a >= MOTION_MIN_AGREEMENT) & own
         idx, a, ux, uy = idx[good], a[good], ux[good], uy[good]
