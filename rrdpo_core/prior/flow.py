@@ -249,6 +249,25 @@ def targets_of(holes: np.ndarray, ring: int) -> tuple[list[tuple[np.ndarray, np.
     return targets, counts
 
 
+def candidate_table(sampler: KnownSampler, curve: np.ndarray, t: int, sigma: float, shape: tuple[int, ...],
+                    at: np.ndarray, f: np.ndarray, x: np.ndarray, y: np.ndarray, agree: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The colours ``shape + (3,)`` and weights ``shape`` of a candidate table for frame ``t``.
+
+    The sources ``(f, x, y)`` go to the entries ``at`` (an index or mask into ``shape``); the other
+    entries stay empty (weight 0). Each source is read from the known pixels of its frame, brought
+    to frame ``t``'s exposure (``curve``, :func:`.motion.exposure_curve`) and weighs by its temporal
+    distance (1/e at ``sigma`` frames) times ``agree``, its motion check; a source on no known
+    pixel weighs 0. Also returns the sampler's ``ok`` per source.
+    """
+    sampled, ok = sampler.sample(f, x, y)
+    colours = np.zeros(shape + (3,), np.float32)
+    weights = np.zeros(shape, np.float32)
+    colours[at] = sampled * np.exp(curve[t] - curve[f])
+    weights[at] = np.where(ok, np.exp(-np.abs(f - t) / sigma) * agree, 0.0)
+    return colours, weights, ok
+
+
 def _propagate_numpy(video: np.ndarray, holes: np.ndarray, fwd, bwd, cfg: PriorSettings,
                      step: Callable[[], None], workers: int = 1) -> tuple[np.ndarray, np.ndarray, float]:
     """Steps 2-5 with NumPy and OpenCV; writes into ``video`` inside the holes only.
@@ -291,18 +310,14 @@ def _propagate_numpy(video: np.ndarray, holes: np.ndarray, fwd, bwd, cfg: PriorS
         f_v = flat_f.take(idx)
         x_v = np.concatenate([past[t].x, future[t].x]).ravel().take(idx)
         y_v = np.concatenate([past[t].y, future[t].y]).ravel().take(idx)
-        sampled, ok = sampler.sample(f_v, x_v, y_v)
-        # Each source weighs by temporal distance and by how well its motion is the background's
-        # (past sources on the motion towards the past, future ones towards the future).
+        # Each source weighs by how well its motion is the background's (past sources on the
+        # motion towards the past, future ones towards the future).
         cut = int(np.searchsorted(idx, cfg.slots * n_all))
         agree = np.concatenate([
             motion_agreement(checks[0], (height, width), f_v[:cut], x_v[:cut], y_v[:cut]),
             motion_agreement(checks[1], (height, width), f_v[cut:], x_v[cut:], y_v[cut:])])
-        colours = np.zeros((src_frame.size, 3), np.float32)
-        weights = np.zeros(src_frame.size, np.float32)
-        # Each source brought to this frame's exposure.
-        colours[idx] = sampled * np.exp(curve[t] - curve[f_v])
-        weights[idx] = np.where(ok, np.exp(-np.abs(f_v - t) / cfg.sigma) * agree, 0.0)
+        colours, weights, ok = candidate_table(sampler, curve, t, cfg.sigma, (src_frame.size,), idx, f_v, x_v, y_v,
+                                               agree)
         colours = colours.reshape(src_frame.shape + (3,))
         weights = weights.reshape(src_frame.shape)
         fused, count = fuse_candidates(colours, weights, cfg.tolerance)
@@ -319,12 +334,9 @@ def _propagate_numpy(video: np.ndarray, holes: np.ndarray, fwd, bwd, cfg: PriorS
         if obj is not None:
             # Where a moving object straddles the hole's border, the hole pixels it continues into
             # are filled from the object's own sources (it is in front of the background).
-            o_colours, o_weights = np.zeros(obj.frame.shape + (3,), np.float32), np.zeros(obj.frame.shape, np.float32)
             has = obj.frame >= 0
-            o_f = obj.frame[has]
-            o_col, o_ok = sampler.sample(o_f, obj.x[has], obj.y[has])
-            o_colours[has] = o_col * np.exp(curve[t] - curve[o_f])
-            o_weights[has] = np.where(o_ok, np.exp(-np.abs(o_f - t) / cfg.sigma) * obj.agree[has], 0.0)
+            o_colours, o_weights, _ = candidate_table(sampler, curve, t, cfg.sigma, obj.frame.shape, has,
+                                                      obj.frame[has], obj.x[has], obj.y[has], obj.agree[has])
             o_fused, o_count = fuse_candidates(o_colours, o_weights, cfg.tolerance)
             zy, zx = ys[obj.index], xs[obj.index]
             on = object_pixels(o_colours, o_weights, o_fused, video[t, zy, zx], fused[obj.index], count[obj.index] > 0,

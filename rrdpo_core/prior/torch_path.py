@@ -236,6 +236,21 @@ def _colour_offset(frame: torch.Tensor, hole_np: np.ndarray, ring_ys, ring_xs, r
     return out
 
 
+def _candidate_table(premult: torch.Tensor, curve: torch.Tensor, t: int, sigma: float, f: torch.Tensor,
+                     x: torch.Tensor, y: torch.Tensor, agree: torch.Tensor, usable: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Colours ``f.shape + (3,)`` and weights of the sources ``(f, x, y)`` for frame ``t``, as
+    :func:`.flow.candidate_table`: read from the known pixels (``premult``: colour times
+    knownness, knownness last), brought to frame ``t``'s exposure, weighted by temporal distance
+    times ``agree``; 0 where not ``usable`` or on no known pixel."""
+    sampled = _bilinear_points(premult, f.clamp_min(0).reshape(-1), x.reshape(-1), y.reshape(-1)).reshape(*f.shape, 4)
+    valid = usable & (sampled[..., 3] > 1e-3)
+    colours = sampled[..., :3] / sampled[..., 3:].clamp_min(1e-3)
+    colours = colours * torch.exp(curve[t] - curve[f.clamp_min(0)])  # to this frame's exposure
+    weights = torch.where(valid, torch.exp(-(f - t).abs().float() / sigma) * agree, torch.zeros_like(x))
+    return colours, weights
+
+
 def propagate_torch(video: np.ndarray, holes: np.ndarray, fwd: list[FlowField], bwd: list[FlowField], cfg,
                     device: torch.device, step: Callable[[], None]) -> tuple[np.ndarray, np.ndarray]:
     """Steps 2-5 of the flow prior on ``device``; returns the filled video and the source map (NumPy)."""
@@ -281,16 +296,11 @@ def propagate_torch(video: np.ndarray, holes: np.ndarray, fwd: list[FlowField], 
                 src_f = torch.cat([past[t][0], future[t][0]])
                 src_x = torch.cat([past[t][1], future[t][1]])
                 src_y = torch.cat([past[t][2], future[t][2]])
-                valid = (src_f >= 0) & (src_f != t)
-                sampled = _bilinear_points(premult, src_f.clamp_min(0).reshape(-1), src_x.reshape(-1),
-                                           src_y.reshape(-1)).reshape(*src_f.shape, 4)
-                valid = valid & (sampled[..., 3] > 1e-3)
-                colours = sampled[..., :3] / sampled[..., 3:].clamp_min(1e-3)
-                colours = colours * torch.exp(curve[t] - curve[src_f.clamp_min(0)])  # to this frame's exposure
                 agree = torch.cat([_agreement(checks[0], past[t][0], past[t][1], past[t][2], (height, width)),
                                    _agreement(checks[1], future[t][0], future[t][1], future[t][2], (height, width))])
-                weights = torch.where(valid, torch.exp(-(src_f - t).abs().float() / cfg.sigma) * agree,
-                                      torch.zeros_like(src_x))
+                # (a ring pixel's own frame is not a source)
+                colours, weights = _candidate_table(premult, curve, t, cfg.sigma, src_f, src_x, src_y, agree,
+                                                    (src_f >= 0) & (src_f != t))
                 fused, count = _fuse(colours, weights, cfg.tolerance)
                 hole_fused, hole_n = fused[:n_hole], count[:n_hole]
                 if cfg.ring > 0:
@@ -304,14 +314,9 @@ def propagate_torch(video: np.ndarray, holes: np.ndarray, fwd: list[FlowField], 
                     # The object layer (:mod:`.objects`): its sources read, fused and checked here,
                     # which pixels it fills decided by the same NumPy rule.
                     o_f = torch.from_numpy(obj.frame.astype(np.int64)).to(device)
-                    o_x = torch.from_numpy(obj.x).to(device)
-                    o_y = torch.from_numpy(obj.y).to(device)
-                    o_s = _bilinear_points(premult, o_f.clamp_min(0).reshape(-1), o_x.reshape(-1),
-                                           o_y.reshape(-1)).reshape(*o_f.shape, 4)
-                    o_valid = (o_f >= 0) & (o_s[..., 3] > 1e-3)
-                    o_col = o_s[..., :3] / o_s[..., 3:].clamp_min(1e-3) * torch.exp(curve[t] - curve[o_f.clamp_min(0)])
-                    o_w = torch.where(o_valid, torch.exp(-(o_f - t).abs().float() / cfg.sigma)
-                                      * torch.from_numpy(obj.agree).to(device), torch.zeros_like(o_x))
+                    o_col, o_w = _candidate_table(premult, curve, t, cfg.sigma, o_f, torch.from_numpy(obj.x).to(device),
+                                                  torch.from_numpy(obj.y).to(device),
+                                                  torch.from_numpy(obj.agree).to(device), o_f >= 0)
                     o_fused, o_count = _fuse(o_col, o_w, cfg.tolerance)
                     index = torch.from_numpy(obj.index).to(device)
                     zy, zx = ys_np[obj.index], xs_np[obj.index]
