@@ -82,8 +82,9 @@ class KnownSampler:
         """Colours (N, 3) of frames ``s`` at ``(x, y)``, and ``ok`` (N,): some known pixel was under them."""
         acc = sample_by_frame(self._premultiplied, s, x, y, 4)
         ok = acc[:, 3] > 1e-3
-        colour = np.zeros((len(s), 3), np.float32)
-        colour[ok] = acc[ok, :3] / acc[ok, 3:]
+        # Divide everywhere (cheaper than selecting the ok rows twice), then clear the rest.
+        colour = acc[:, :3] / np.where(ok, acc[:, 3], np.float32(1.0))[:, None]
+        colour[~ok] = 0.0
         return colour, ok
 
 

@@ -46,6 +46,8 @@ MOTION_SIGMA_REL = 0.1
 # A source whose motion is more than 2 sigma off the background's is not used at all.
 MOTION_MIN_AGREEMENT = math.exp(-2.0)
 _MIN_RING_POINTS = 16
+# cv2.remap takes maps of less than this many pixels per side (SHRT_MAX).
+_REMAP_MAX_SIDE = 32767
 # Pixels darker or brighter than this are left out of the exposure estimate (clipped, noisy).
 _EXPOSURE_LO = 0.04
 _EXPOSURE_HI = 0.96
@@ -65,13 +67,20 @@ def working_size(height: int, width: int, downscale: float) -> tuple[int, int]:
 def bilinear(field_: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Sample ``field_`` (H, W, C) at float positions (border clamped) -> (N, C), with OpenCV.
 
-    ``cv2.remap`` wants a 2-D map under 32767 on each side, so the points go in rows of 1024.
-    Its bilinear weights are quantised to 1/32 pixel, plenty for flow and for the fill.
+    ``cv2.remap`` wants a 2-D map under 32767 on each side: up to that many points go in as one
+    row (no copy), more in rows of 1024. Its bilinear weights are quantised to 1/32 pixel, plenty
+    for flow and for the fill; each point is interpolated on its own, so the layout does not
+    change the result.
     """
     n = len(x)
     channels = field_.shape[2] if field_.ndim == 3 else 1
     if n == 0:
         return np.zeros((0, channels), np.float32)
+    if n < _REMAP_MAX_SIDE:
+        mx = np.ascontiguousarray(x, dtype=np.float32).reshape(1, n)
+        my = np.ascontiguousarray(y, dtype=np.float32).reshape(1, n)
+        out = cv2.remap(field_, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        return out.reshape(n, channels)
     cols = 1024
     rows = -(-n // cols)
     mx = np.zeros(rows * cols, np.float32)
@@ -87,20 +96,40 @@ def sample_by_frame(image: Callable[[int], np.ndarray], f: np.ndarray, x: np.nda
                     channels: int) -> np.ndarray:
     """Bilinear samples ``(N, channels)`` of ``image(s)`` at ``(x, y)`` for the frames ``f``, one frame at a time.
 
-    Points are grouped by frame (a stable radix sort on 16-bit frame numbers) and each group is
-    read with one :func:`bilinear` (``cv2.remap``): several times faster than gathering four
-    corners from a frame stack with NumPy indexing.
+    Points are sorted by frame once (a stable radix sort on 16-bit frame numbers), each frame's run
+    is read with one :func:`bilinear` (``cv2.remap``) into a sorted buffer, and the rows go back to
+    the points' order with one scatter: several times faster than gathering four corners from a
+    frame stack with NumPy indexing, and than selecting each frame's points from the whole list.
     """
-    acc = np.zeros((len(f), channels), np.float32)
-    if len(f) == 0:
-        return acc
+    n = len(f)
+    if n == 0:
+        return np.zeros((0, channels), np.float32)
     order = np.argsort(f.astype(np.int16) if f.max() < 2**15 else f, kind="stable")
-    frames_used, starts = np.unique(f[order], return_index=True)
-    ends = np.append(starts[1:], len(f))
-    for frame, a, b in zip(frames_used, starts, ends):
-        sel = order[a:b]
-        acc[sel] = bilinear(image(int(frame)), x[sel], y[sel])
-    return acc
+    fs = f.take(order)
+    starts = np.flatnonzero(fs[1:] != fs[:-1]) + 1
+    bounds = [0] + starts.tolist() + [n]
+    xs = x.take(order).astype(np.float32, copy=False)
+    ys = y.take(order).astype(np.float32, copy=False)
+    ordered = np.empty((n, channels), np.float32)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        ordered[a:b] = bilinear(image(int(fs[a])), xs[a:b], ys[a:b])
+    return unsort_rows(ordered, order)
+
+
+def unsort_rows(rows: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``out[order] = rows`` for a float32 ``(N, C)`` array, C in (1, 2, 4), moving each row as one item.
+
+    A fancy-index scatter of whole rows is several times slower than one of single items; the
+    rows are viewed as one wider item each (the bytes are moved, not interpreted).
+    """
+    n, c = rows.shape
+    out = np.empty_like(rows)
+    item = {1: np.float32, 2: np.float64, 4: np.complex128}.get(c)
+    if item is None:
+        out[order] = rows
+    else:
+        out.view(item).reshape(n)[order] = np.ascontiguousarray(rows).view(item).reshape(n)
+    return out
 
 
 class FlowField:
