@@ -53,7 +53,8 @@ import torch
 from ..errors import RrdpoInputError
 from ..progress import CancelFn, Progress, ProgressFn
 from ..video_io import as_frames, as_masks, to_tensor
-from .fusion import KnownSampler, colour_offset, fuse_candidates, ring_of, ring_samples, spatial_fill
+from .fusion import (KnownSampler, colour_offset, fuse_candidates, ring_of, ring_samples, spatial_fill,
+                     spatial_fill_step)
 from .motion import DIS_PRESETS, completed_flows, exposure_curve, motion_agreement, motion_check_stack
 from .objects import object_pixels, object_sources
 from .parallel import default_workers, ordered_map
@@ -273,7 +274,8 @@ def _propagate_numpy(video: np.ndarray, holes: np.ndarray, fwd, bwd, cfg: PriorS
     """Steps 2-5 with NumPy and OpenCV; writes into ``video`` inside the holes only.
 
     The two tracking sweeps run side by side, then the frames are fused on ``workers`` threads:
-    frame ``t`` writes only its own hole pixels and reads only known pixels.
+    frame ``t`` writes only its own hole pixels and reads only known pixels (and its own), and the
+    spatial fill of frame ``t`` follows as soon as frames ``t - 1`` and ``t`` are fused.
     """
     length, height, width = holes.shape
     targets, hole_counts = targets_of(holes, cfg.ring)
@@ -354,10 +356,11 @@ def _propagate_numpy(video: np.ndarray, holes: np.ndarray, fwd, bwd, cfg: PriorS
         return float(np.abs(f_v[used] - t).sum()), int(used.sum())
 
     distance_sum, distance_count = 0.0, 0
-    for frame_sum, frame_count in ordered_map(fill, range(length), workers):
+    # Frames come back in order, so each one's spatial fill (which needs the frame before it
+    # final) runs here while the threads fuse the frames after it.
+    for t, (frame_sum, frame_count) in enumerate(ordered_map(fill, range(length), workers)):
         distance_sum += frame_sum
         distance_count += frame_count
+        spatial_fill_step(out, unseen, bwd, t, radius=cfg.radius)
         step()
-    if unseen.any():
-        spatial_fill(out, unseen, bwd, radius=cfg.radius)
     return out, source, distance_sum / max(1, distance_count)

@@ -28,7 +28,7 @@ import numpy as np
 from ..membrane import harmonic_fill, window_around
 from .motion import FlowField, bilinear, sample_by_frame
 
-__all__ = ["KnownSampler", "fuse_candidates", "colour_offset", "spatial_fill", "spatial_fill_frame", "telea_fill",
+__all__ = ["KnownSampler", "fuse_candidates", "colour_offset", "spatial_fill", "spatial_fill_step", "spatial_fill_frame", "telea_fill",
            "ring_of", "ring_samples"]
 
 
@@ -271,22 +271,33 @@ def spatial_fill(out: np.ndarray, unseen: np.ndarray, bwd: list[FlowField] | Non
     """Fill never-seen pixels in place, reusing the previous frame's fill along the flow.
 
     Pixels the previous frame also filled spatially take that fill along the flow (so the fill
-    does not flicker); the others get :func:`spatial_fill_frame`.
+    does not flicker); the others get :func:`spatial_fill_frame`. Frame by frame, in order
+    (:func:`spatial_fill_step`).
     """
-    length, height, width = unseen.shape
-    for t in range(length):
-        if not unseen[t].any():
-            continue
-        todo = unseen[t].copy()
-        if t > 0 and bwd is not None and unseen[t - 1].any():
-            ys, xs = np.nonzero(todo)
-            d = bwd[t - 1].at(xs.astype(np.float32), ys.astype(np.float32))
-            qx, qy = xs + d[:, 0], ys + d[:, 1]
-            rx = np.clip(np.rint(qx), 0, width - 1).astype(np.int32)
-            ry = np.clip(np.rint(qy), 0, height - 1).astype(np.int32)
-            carry = unseen[t - 1, ry, rx] & (qx >= 0) & (qx <= width - 1) & (qy >= 0) & (qy <= height - 1)
-            if carry.any():
-                out[t, ys[carry], xs[carry]] = bilinear(out[t - 1], qx[carry], qy[carry])
-                todo[ys[carry], xs[carry]] = False
-        if todo.any():
-            out[t] = spatial_fill_frame(out[t], todo, method, radius)
+    for t in range(unseen.shape[0]):
+        spatial_fill_step(out, unseen, bwd, t, method, radius)
+
+
+def spatial_fill_step(out: np.ndarray, unseen: np.ndarray, bwd: list[FlowField] | None, t: int,
+                      method: str = "mean", radius: int = _TELEA_RADIUS) -> None:
+    """The spatial fill of frame ``t`` (:func:`spatial_fill`), in place, once frame ``t - 1`` is final.
+
+    Reads frame ``t - 1`` and frame ``t`` only and writes only the never-seen pixels of frame
+    ``t``, so it can run while other frames are still being fused (they read known pixels only).
+    """
+    _, height, width = unseen.shape
+    if not unseen[t].any():
+        return
+    todo = unseen[t].copy()
+    if t > 0 and bwd is not None and unseen[t - 1].any():
+        ys, xs = np.nonzero(todo)
+        d = bwd[t - 1].at(xs.astype(np.float32), ys.astype(np.float32))
+        qx, qy = xs + d[:, 0], ys + d[:, 1]
+        rx = np.clip(np.rint(qx), 0, width - 1).astype(np.int32)
+        ry = np.clip(np.rint(qy), 0, height - 1).astype(np.int32)
+        carry = unseen[t - 1, ry, rx] & (qx >= 0) & (qx <= width - 1) & (qy >= 0) & (qy <= height - 1)
+        if carry.any():
+            out[t, ys[carry], xs[carry]] = bilinear(out[t - 1], qx[carry], qy[carry])
+            todo[ys[carry], xs[carry]] = False
+    if todo.any():
+        out[t][todo] = spatial_fill_frame(out[t], todo, method, radius)[todo]
