@@ -55,7 +55,8 @@ from ..progress import CancelFn, Progress, ProgressFn
 from ..video_io import as_frames, as_masks, to_tensor
 from .fusion import (KnownSampler, colour_offset, fuse_candidates, ring_of, ring_samples, spatial_fill,
                      spatial_fill_step)
-from .motion import DIS_PRESETS, completed_flows, exposure_curve, motion_agreement, motion_check_stack
+from .motion import (DIS_PRESETS, completed_flows, exposure_curve, motion_agreement, motion_check_stack,
+                     scatter_rows)
 from .objects import object_pixels, object_sources
 from .parallel import default_workers, ordered_map
 from .preview import SOURCE_COPIED, SOURCE_FUSED, SOURCE_KNOWN, SOURCE_SPATIAL
@@ -264,7 +265,8 @@ def candidate_table(sampler: KnownSampler, curve: np.ndarray, t: int, sigma: flo
     sampled, ok = sampler.sample(f, x, y)
     colours = np.zeros(shape + (3,), np.float32)
     weights = np.zeros(shape, np.float32)
-    colours[at] = sampled * np.exp(curve[t] - curve[f])
+    # The gain of every frame relative to frame t, then one gather (not one exp per source).
+    scatter_rows(colours, at, sampled * np.exp(curve[t] - curve).take(f, axis=0))
     weights[at] = np.where(ok, np.exp(-np.abs(f - t) / sigma) * agree, 0.0)
     return colours, weights, ok
 

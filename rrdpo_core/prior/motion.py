@@ -26,7 +26,8 @@ from .parallel import ordered_map
 __all__ = ["DIS_PRESETS", "FlowField", "ObjectLayers", "completed_flows", "consistent", "bilinear", "working_size",
            "motion_check_stack",
            "MOTION_SIGMA_PX", "MOTION_SIGMA_REL", "motion_sigma", "affine_motion",
-           "MOTION_MIN_AGREEMENT", "motion_agreement", "bilinear_frames", "sample_by_frame", "exposure_curve"]
+           "MOTION_MIN_AGREEMENT", "motion_agreement", "bilinear_frames", "sample_by_frame", "scatter_rows",
+           "exposure_curve"]
 
 DIS_PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
@@ -117,19 +118,24 @@ def sample_by_frame(image: Callable[[int], np.ndarray], f: np.ndarray, x: np.nda
 
 
 def unsort_rows(rows: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """``out[order] = rows`` for a float32 ``(N, C)`` array, C in (1, 2, 4), moving each row as one item.
-
-    A fancy-index scatter of whole rows is several times slower than one of single items; the
-    rows are viewed as one wider item each (the bytes are moved, not interpreted).
-    """
-    n, c = rows.shape
+    """``out`` with ``out[order] = rows`` (``order`` a permutation), rows moved whole (:func:`scatter_rows`)."""
     out = np.empty_like(rows)
-    item = {1: np.float32, 2: np.float64, 4: np.complex128}.get(c)
-    if item is None:
-        out[order] = rows
-    else:
-        out.view(item).reshape(n)[order] = np.ascontiguousarray(rows).view(item).reshape(n)
+    scatter_rows(out, order, rows)
     return out
+
+
+def scatter_rows(target: np.ndarray, index: np.ndarray, rows: np.ndarray) -> None:
+    """``target[index] = rows`` for float32 rows of 1 to 4 values (the last axis), each row moved as one item.
+
+    A fancy-index scatter of short rows is several times slower than one of single items; the rows
+    are viewed as one wider item each (their bytes are moved, not interpreted: the same result).
+    """
+    c = target.shape[-1]
+    if target.dtype != np.float32 or rows.dtype != np.float32 or not 1 <= c <= 4 or not target.flags.c_contiguous:
+        target[index] = rows
+        return
+    item = np.dtype((np.void, 4 * c))
+    target.view(item).reshape(target.shape[:-1])[index] = np.ascontiguousarray(rows).view(item).reshape(rows.shape[:-1])
 
 
 class FlowField:
@@ -217,7 +223,14 @@ def completed_flows(video: np.ndarray, holes: np.ndarray, downscale: float, pres
             f = np.zeros_like(f)  # nothing to measure motion on
             b = np.zeros_like(b)
         elif region.any():
-            geometry = _holes_and_rings(region)
+            # Fixed holes give every pair the same region: its holes and rings are reused
+            # (read only) while it stays the same.
+            cached = getattr(local, "geometry", None)
+            if cached is not None and np.array_equal(cached[0], region):
+                geometry = cached[1]
+            else:
+                geometry = _holes_and_rings(region)
+                local.geometry = (region, geometry)
             # Each direction gets its own fit: taking the inverse of the forward fit for the backward
             # flow halves the RANSAC work but scored 0.4 dB lower hole PSNR on
             # diffueraser-example1 squares (30 frames), so it is not done.
