@@ -144,6 +144,26 @@ def test_threads_do_not_change_the_result(clip):
     assert threaded.stats["workers"] == 3 and serial.stats["workers"] == 1
 
 
+def test_opencv_gets_its_thread_count_back_after_a_threaded_prior(clip):
+    # While the prior's own threads run, OpenCV runs single-threaded (its pool would only contend
+    # for the same cores); afterwards, and after a cancel, the caller's setting is back.
+    frames, masks, _ = clip
+    before = cv2.getNumThreads()
+    seen = []
+    try:
+        cv2.setNumThreads(3)
+        flow_propagation_prior(frames[:4], masks[:4], workers=2, progress=lambda d, t: seen.append(cv2.getNumThreads()))
+        assert cv2.getNumThreads() == 3 and 1 in seen
+        done = []  # cancelled midway, inside the threaded part
+        with pytest.raises(Cancelled):
+            flow_propagation_prior(frames[:4], masks[:4], workers=2, cancel=lambda: len(done) > 4,
+                                   progress=lambda d, t: done.append(cv2.getNumThreads()))
+        assert done[-1] == 1
+        assert cv2.getNumThreads() == 3
+    finally:
+        cv2.setNumThreads(before)
+
+
 def test_flow_is_refined_down_to_the_working_resolution():
     # DIS presets stop one or two octaves above the image they are given; the prior refines down
     # to the working resolution itself, which keeps tracks sub-pixel accurate on fine texture.

@@ -58,7 +58,7 @@ from .fusion import (KnownSampler, colour_offset, fuse_candidates, ring_of, ring
 from .motion import (DIS_PRESETS, completed_flows, exposure_curve, motion_agreement, motion_check_stack,
                      scatter_rows)
 from .objects import object_pixels, object_sources
-from .parallel import default_workers, ordered_map
+from .parallel import default_workers, opencv_serial_while, ordered_map
 from .preview import SOURCE_COPIED, SOURCE_FUSED, SOURCE_KNOWN, SOURCE_SPATIAL
 from .sources import track_sources
 
@@ -145,7 +145,8 @@ def flow_propagation_prior(
         workers: threads for the per-frame work of the NumPy path and for the flow (frame pairs,
             the two tracking sweeps and the fusion of each frame are independent). None: OpenCV's
             thread count (``cv2.setNumThreads``; all cores by default), at most 8. The result does not
-            depend on it.
+            depend on it. With more than one, OpenCV runs single-threaded while the prior's threads
+            run (:func:`.parallel.opencv_serial_while`) and gets its thread count back afterwards.
         progress: ``progress(done, total)`` after each unit of work.
         cancel: polled regularly; returning True raises :class:`rrdpo_core.errors.Cancelled`.
 
@@ -204,7 +205,8 @@ def flow_propagation_prior(
     # 1. Flow at working resolution, both directions, completed inside the holes.
     t_flow = time.perf_counter()
     dilation = int(round(flow_mask_dilation / flow_downscale))
-    fwd, bwd = completed_flows(video, holes, flow_downscale, preset, dilation, steps.step, workers)
+    with opencv_serial_while(workers > 1):
+        fwd, bwd = completed_flows(video, holes, flow_downscale, preset, dilation, steps.step, workers)
     t_flow = time.perf_counter() - t_flow
 
     if device is not None:
@@ -213,7 +215,8 @@ def flow_propagation_prior(
         return _result(out, source, hole_count, None, t_start,
                        {"flow_seconds": t_flow, "flow_downscale": float(flow_downscale)})
 
-    out, source, distance = _propagate_numpy(video, holes, fwd, bwd, settings, steps.step, workers)
+    with opencv_serial_while(workers > 1):
+        out, source, distance = _propagate_numpy(video, holes, fwd, bwd, settings, steps.step, workers)
     return _result(out, source, hole_count, distance, t_start,
                    {"flow_seconds": t_flow, "flow_downscale": float(flow_downscale), "workers": workers})
 
