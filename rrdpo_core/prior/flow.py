@@ -42,7 +42,6 @@ algorithm; the flow (step 1) is computed by OpenCV on the CPU in both paths.
 from __future__ import annotations
 
 import math
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -298,16 +297,13 @@ def _propagate_numpy(video: np.ndarray, holes: np.ndarray, fwd, bwd, cfg: PriorS
     out = video
     source = np.where(holes, SOURCE_SPATIAL, SOURCE_KNOWN).astype(np.uint8)
     unseen = holes.copy()
-    local = threading.local()  # a sampler (and its frame cache) per thread
+    sampler = KnownSampler(video, holes)  # shared by the threads (its frame cache is locked)
 
     def fill(t: int) -> tuple[float, int]:
         ys, xs = targets[t]
         n_hole = hole_counts[t]
         if not n_hole:
             return 0.0, 0
-        sampler = getattr(local, "sampler", None)
-        if sampler is None:
-            sampler = local.sampler = KnownSampler(video, holes, cache_bytes=(512 * 2**20) // workers)
         src_frame = np.concatenate([past[t].frame, future[t].frame])
         n_all = src_frame.shape[1]
         # The candidates as flat indices into (2 * slots, N): one ``take`` per array instead of

@@ -20,6 +20,7 @@
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 
 import cv2
@@ -58,24 +59,29 @@ class KnownSampler:
     Each frame is kept premultiplied, ``(rgb * known, known)``: sampling both with ``cv2.remap``
     and dividing gives bilinear weights renormalised over the known pixels under the footprint.
     Hole pixels therefore never contribute, so what is being removed cannot leak back in.
-    A few recently used frames are cached (sources are nearly always close in time).
+    A few recently used frames are cached (sources are nearly always close in time). One sampler
+    serves several threads (the cache is locked; a frame two threads miss at once is made twice,
+    the same), so each frame is premultiplied once, not once per thread.
     """
 
     def __init__(self, video: np.ndarray, holes: np.ndarray, cache_bytes: int = 512 * 2**20):
         self.video, self.holes = video, holes
         self.cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self.cache_size = max(8, cache_bytes // (16 * holes[0].size))
+        self._lock = threading.Lock()
 
     def _premultiplied(self, s: int) -> np.ndarray:
-        pm = self.cache.get(s)
-        if pm is None:
-            known = (~self.holes[s]).astype(np.float32)[..., None]
-            pm = np.concatenate([self.video[s] * known, known], axis=-1)
+        with self._lock:
+            pm = self.cache.get(s)
+            if pm is not None:
+                self.cache.move_to_end(s)
+                return pm
+        known = (~self.holes[s]).astype(np.float32)[..., None]
+        pm = np.concatenate([self.video[s] * known, known], axis=-1)
+        with self._lock:
             self.cache[s] = pm
             if len(self.cache) > self.cache_size:
                 self.cache.popitem(last=False)
-        else:
-            self.cache.move_to_end(s)
         return pm
 
     def sample(self, s: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -166,10 +172,16 @@ def ring_inliers(hole: np.ndarray, ring_ys: np.ndarray, ring_xs: np.ndarray, mis
     region = hole.copy()
     region[ring_ys, ring_xs] = True
     _, labels = cv2.connectedComponents(region.astype(np.uint8), connectivity=8)
-    lab = labels[ring_ys, ring_xs]
     keep = np.zeros(len(ring_ys), bool)
-    for k in np.unique(lab[ring_ok]):
-        sel = np.flatnonzero((lab == k) & ring_ok)
+    # The usable ring pixels grouped by hole with one stable sort (each group in ascending order,
+    # as selecting it from the whole list would give), not one pass over the list per hole.
+    usable = np.flatnonzero(ring_ok)
+    lab = labels[ring_ys.take(usable), ring_xs.take(usable)]
+    order = np.argsort(lab, kind="stable")
+    usable, lab = usable.take(order), lab.take(order)
+    bounds = [0] + (np.flatnonzero(lab[1:] != lab[:-1]) + 1).tolist() + [len(usable)]
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        sel = usable[a:b]
         median = np.median(mismatch[sel], axis=0)
         keep[sel] = np.abs(mismatch[sel] - median).mean(-1) <= RING_OUTLIER
     return keep

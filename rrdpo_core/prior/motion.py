@@ -272,7 +272,7 @@ def _background_motion(raw: np.ndarray, completed: np.ndarray, region: np.ndarra
         return None
     out = np.empty_like(raw)
     out[..., 0], out[..., 1] = affine_motion(model, grid[1], grid[0])
-    out[region] = completed[region]
+    np.copyto(out, completed, where=region[..., None])  # one masked pass, not a gather and a scatter
     return out
 
 
