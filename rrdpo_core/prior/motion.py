@@ -272,7 +272,9 @@ def _background_motion(raw: np.ndarray, completed: np.ndarray, region: np.ndarra
         return None
     out = np.empty_like(raw)
     out[..., 0], out[..., 1] = affine_motion(model, grid[1], grid[0])
-    np.copyto(out, completed, where=region[..., None])  # one masked pass, not a gather and a scatter
+    # One masked pass, not a gather and a scatter (the mask per channel: broadcast along the last
+    # axis, it is several times slower).
+    np.copyto(out, completed, where=np.repeat(region[..., None], out.shape[-1], axis=-1))
     return out
 
 
