@@ -403,6 +403,29 @@ def test_spatial_fill_is_the_mean_of_telea_and_a_converged_membrane():
         spatial_fill_frame(frame, unknown, "median")
 
 
+def test_telea_in_boxes_around_groups_of_holes_is_the_whole_frame_telea():
+    # telea_fill inpaints each group of unknown pixels in its own box (radius + a margin): it must
+    # give what one whole-frame cv2.inpaint gives - holes close together, at the frame's edges, and
+    # a box that holds part of another group.
+    from rrdpo_core.prior.fusion import telea_fill
+
+    rng = np.random.default_rng(3)
+    frame = cv2.GaussianBlur(rng.random((48, 80, 3)).astype(np.float32), (0, 0), 1.5)
+    unknown = np.zeros((48, 80), bool)
+    unknown[0:6, 0:9] = True  # corner
+    unknown[20:30, 20:24] = True
+    unknown[20:22, 33:40] = True  # 9 px from the one before: one group with it
+    unknown[40:48, 30:70] = True  # a wide bar whose box holds the next hole
+    unknown[30:33, 60:63] = True
+    unknown[10:14, 74:80] = True  # right edge
+    for radius in (2, 5):
+        img = np.clip(frame * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        whole = cv2.inpaint(img, unknown.astype(np.uint8), radius, cv2.INPAINT_TELEA)
+        expected = frame.copy()
+        expected[unknown] = whole[unknown].astype(np.float32) / 255.0
+        np.testing.assert_array_equal(telea_fill(frame, unknown, radius), expected)
+
+
 
 # ------------------------------------------------------------------------------------------
 # Issue 14: a hole cutting through a moving object (video completion) - the object layer
