@@ -192,7 +192,7 @@ def flow_propagation_prior(
     steps.check()
 
     if length == 1:
-        source = np.where(holes, SOURCE_SPATIAL, SOURCE_KNOWN).astype(np.uint8)
+        source = np.where(holes, np.uint8(SOURCE_SPATIAL), np.uint8(SOURCE_KNOWN))
         if device is not None:
             from .torch_path import propagate_torch
             out, source = propagate_torch(video, holes, [], [], settings, torch.device(device), steps.step)
@@ -240,17 +240,19 @@ def _result(out: np.ndarray, source: np.ndarray, hole_count: int, distance: floa
                        source_map=torch.from_numpy(source))
 
 
-def targets_of(holes: np.ndarray, ring: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[int]]:
+def targets_of(holes: np.ndarray, ring: int, workers: int = 1
+               ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[int]]:
     """Per frame the pixels whose sources are tracked: the hole, then half the ring (colour matching)."""
-    targets, counts = [], []
-    for hole in holes:
+
+    def one(hole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ys, xs = np.nonzero(hole)
-        counts.append(len(ys))
         if ring > 0 and len(ys):
             rys, rxs = np.nonzero(ring_samples(ring_of(hole, ring)))
             ys, xs = np.concatenate([ys, rys]), np.concatenate([xs, rxs])
-        targets.append((ys, xs))
-    return targets, counts
+        return ys, xs
+
+    targets = list(ordered_map(one, holes, workers))
+    return targets, [int(np.count_nonzero(hole)) for hole in holes]
 
 
 def candidate_table(sampler: KnownSampler, curve: np.ndarray, t: int, sigma: float, shape: tuple[int, ...],
@@ -282,7 +284,7 @@ def _propagate_numpy(video: np.ndarray, holes: np.ndarray, fwd, bwd, cfg: PriorS
     spatial fill of frame ``t`` follows as soon as frames ``t - 1`` and ``t`` are fused.
     """
     length, height, width = holes.shape
-    targets, hole_counts = targets_of(holes, cfg.ring)
+    targets, hole_counts = targets_of(holes, cfg.ring, workers)
     sweep = dict(slots=cfg.slots, gap=cfg.gap, step=step)
     # Five independent jobs, the two sweeps (the longest) first.
     jobs = [lambda: track_sources(holes, fwd, bwd, targets, forward=True, **sweep),
@@ -295,7 +297,7 @@ def _propagate_numpy(video: np.ndarray, holes: np.ndarray, fwd, bwd, cfg: PriorS
     # ``video`` is read only outside the holes and written only inside them, so one array
     # serves as both the source of propagation and the output.
     out = video
-    source = np.where(holes, SOURCE_SPATIAL, SOURCE_KNOWN).astype(np.uint8)
+    source = np.where(holes, np.uint8(SOURCE_SPATIAL), np.uint8(SOURCE_KNOWN))  # uint8 at once
     unseen = holes.copy()
     sampler = KnownSampler(video, holes)  # shared by the threads (its frame cache is locked)
 
