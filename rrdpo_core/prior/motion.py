@@ -465,8 +465,10 @@ def motion_check_stack(fwd: list[FlowField], bwd: list[FlowField], towards_past:
         else:
             field = fwd[s] if s < length - 1 else bwd[length - 2]
         bg = field.flow if field.background is None else field.background
-        out.append(np.concatenate([field.raw - bg, bg], axis=-1))
-    return np.stack(out).astype(np.float32)
+        raw = field.raw
+        # cv2.merge of the planes: a NumPy concatenation along a last axis of 2 is 4x slower.
+        out.append(cv2.merge([raw[..., 0] - bg[..., 0], raw[..., 1] - bg[..., 1], bg[..., 0], bg[..., 1]]))
+    return np.stack(out).astype(np.float32, copy=False)
 
 
 def bilinear_frames(stack: np.ndarray, f: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -506,6 +508,12 @@ def motion_agreement(stack: np.ndarray, full_hw: tuple[int, int], f: np.ndarray,
     return np.where(agree >= MOTION_MIN_AGREEMENT, agree, 0.0).astype(np.float32)
 
 
+def _per_channel(plane: np.ndarray, channels: int) -> np.ndarray:
+    """``plane`` ``(H, W)`` repeated into ``(H, W, channels)``: a product with it is several times faster than
+    one broadcast along the last axis, and the same."""
+    return cv2.merge([plane] * channels)
+
+
 def exposure_curve(video: np.ndarray, holes: np.ndarray, fwd: list[FlowField]) -> np.ndarray:
     """Per frame and channel, the log gain of the frame relative to frame 0: ``(T, 3)`` float32.
 
@@ -522,7 +530,8 @@ def exposure_curve(video: np.ndarray, holes: np.ndarray, fwd: list[FlowField]) -
     fh, fw = fwd[0].flow.shape[:2]
     # Hole content is zeroed first and any low-resolution pixel touching a hole is left out, so
     # what is being removed cannot steer the estimate.
-    small = [cv2.resize(f * (~h)[..., None], (fw, fh), interpolation=cv2.INTER_AREA) for f, h in zip(video, holes)]
+    small = [cv2.resize(f * _per_channel((~h).astype(np.float32), 3), (fw, fh), interpolation=cv2.INTER_AREA)
+             for f, h in zip(video, holes)]
     cover = [cv2.resize((~h).astype(np.float32), (fw, fh), interpolation=cv2.INTER_AREA) for h in holes]
     known = [c >= 1.0 for c in cover]
     # A median over every second pixel of every second row: a gain moves all pixels alike, so a
