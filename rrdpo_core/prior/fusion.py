@@ -122,8 +122,11 @@ def fuse_candidates(colours: np.ndarray, weights: np.ndarray, tolerance: float
     planes = np.ascontiguousarray(colours.transpose(0, 2, 1))  # (S, 3, N): channel sums without a reduce
     support = weights.astype(np.float32).copy()
     score = np.zeros((s, n), np.float32)
-    for i in range(s):
-        for j in range(i + 1, s):
+    # A slot empty at every pixel (the first frames have no past sources, the last no future
+    # ones) only adds zeros to the others and has no key: its pairs are skipped.
+    used = [i for i in range(s) if valid[i].any()]
+    for k, i in enumerate(used):
+        for j in used[k + 1:]:
             a = np.abs(planes[i] - planes[j])
             d = (a[0] + a[1] + a[2]) / 3.0
             near = d <= tolerance
