@@ -78,9 +78,13 @@ def harmonic_fill(values: np.ndarray, unknown: np.ndarray, smooth_iterations: in
         wl = np.clip(lw, 0.0, 1.0)[..., None]
         filled = wl * (lv / np.maximum(lw[..., None], 1e-12)) + (1.0 - wl) * up
     filled = filled.astype(np.float32)
+    # A masked copy (one pass) rather than a boolean gather and scatter per step, with the mask
+    # spelled out per channel: a mask broadcast along the last axis is over 10x slower.
+    hole3 = np.repeat(hole[..., None], channels, axis=-1)
+    avg = np.empty_like(filled)
     for _ in range(int(smooth_iterations)):
-        avg = as3(cv2.filter2D(filled, -1, _CROSS, borderType=cv2.BORDER_REPLICATE))
-        filled[hole] = avg[hole]
+        cv2.filter2D(filled, -1, _CROSS, dst=as3(avg), borderType=cv2.BORDER_REPLICATE)
+        np.copyto(filled, avg, where=hole3)
     out = v.copy()
     out[y0:y1, x0:x1][hole] = filled[hole]
     return out[..., 0] if squeeze else out

@@ -144,6 +144,26 @@ def test_threads_do_not_change_the_result(clip):
     assert threaded.stats["workers"] == 3 and serial.stats["workers"] == 1
 
 
+def test_opencv_gets_its_thread_count_back_after_a_threaded_prior(clip):
+    # While the prior's own threads run, OpenCV runs single-threaded (its pool would only contend
+    # for the same cores); afterwards, and after a cancel, the caller's setting is back.
+    frames, masks, _ = clip
+    before = cv2.getNumThreads()
+    seen = []
+    try:
+        cv2.setNumThreads(3)
+        flow_propagation_prior(frames[:4], masks[:4], workers=2, progress=lambda d, t: seen.append(cv2.getNumThreads()))
+        assert cv2.getNumThreads() == 3 and 1 in seen
+        done = []  # cancelled midway, inside the threaded part
+        with pytest.raises(Cancelled):
+            flow_propagation_prior(frames[:4], masks[:4], workers=2, cancel=lambda: len(done) > 4,
+                                   progress=lambda d, t: done.append(cv2.getNumThreads()))
+        assert done[-1] == 1
+        assert cv2.getNumThreads() == 3
+    finally:
+        cv2.setNumThreads(before)
+
+
 def test_flow_is_refined_down_to_the_working_resolution():
     # DIS presets stop one or two octaves above the image they are given; the prior refines down
     # to the working resolution itself, which keeps tracks sub-pixel accurate on fine texture.
@@ -381,6 +401,29 @@ def test_spatial_fill_is_the_mean_of_telea_and_a_converged_membrane():
     assert np.abs(membrane - ramp)[unknown].max() < 1e-2
     with pytest.raises(ValueError, match="spatial fill method"):
         spatial_fill_frame(frame, unknown, "median")
+
+
+def test_telea_in_boxes_around_groups_of_holes_is_the_whole_frame_telea():
+    # telea_fill inpaints each group of unknown pixels in its own box (radius + a margin): it must
+    # give what one whole-frame cv2.inpaint gives - holes close together, at the frame's edges, and
+    # a box that holds part of another group.
+    from rrdpo_core.prior.fusion import telea_fill
+
+    rng = np.random.default_rng(3)
+    frame = cv2.GaussianBlur(rng.random((48, 80, 3)).astype(np.float32), (0, 0), 1.5)
+    unknown = np.zeros((48, 80), bool)
+    unknown[0:6, 0:9] = True  # corner
+    unknown[20:30, 20:24] = True
+    unknown[20:22, 33:40] = True  # 9 px from the one before: one group with it
+    unknown[40:48, 30:70] = True  # a wide bar whose box holds the next hole
+    unknown[30:33, 60:63] = True
+    unknown[10:14, 74:80] = True  # right edge
+    for radius in (2, 5):
+        img = np.clip(frame * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        whole = cv2.inpaint(img, unknown.astype(np.uint8), radius, cv2.INPAINT_TELEA)
+        expected = frame.copy()
+        expected[unknown] = whole[unknown].astype(np.float32) / 255.0
+        np.testing.assert_array_equal(telea_fill(frame, unknown, radius), expected)
 
 
 

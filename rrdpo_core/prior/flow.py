@@ -42,7 +42,6 @@ algorithm; the flow (step 1) is computed by OpenCV on the CPU in both paths.
 from __future__ import annotations
 
 import math
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -53,10 +52,12 @@ import torch
 from ..errors import RrdpoInputError
 from ..progress import CancelFn, Progress, ProgressFn
 from ..video_io import as_frames, as_masks, to_tensor
-from .fusion import KnownSampler, colour_offset, fuse_candidates, ring_of, ring_samples, spatial_fill
-from .motion import DIS_PRESETS, completed_flows, exposure_curve, motion_agreement, motion_check_stack
+from .fusion import (KnownSampler, colour_offset, fuse_candidates, ring_of, ring_samples, spatial_fill,
+                     spatial_fill_step)
+from .motion import (DIS_PRESETS, completed_flows, exposure_curve, motion_agreement, motion_check_stack,
+                     scatter_rows)
 from .objects import object_pixels, object_sources
-from .parallel import default_workers, ordered_map
+from .parallel import default_workers, opencv_serial_while, ordered_map
 from .preview import SOURCE_COPIED, SOURCE_FUSED, SOURCE_KNOWN, SOURCE_SPATIAL
 from .sources import track_sources
 
@@ -143,7 +144,8 @@ def flow_propagation_prior(
         workers: threads for the per-frame work of the NumPy path and for the flow (frame pairs,
             the two tracking sweeps and the fusion of each frame are independent). None: OpenCV's
             thread count (``cv2.setNumThreads``; all cores by default), at most 8. The result does not
-            depend on it.
+            depend on it. With more than one, OpenCV runs single-threaded while the prior's threads
+            run (:func:`.parallel.opencv_serial_while`) and gets its thread count back afterwards.
         progress: ``progress(done, total)`` after each unit of work.
         cancel: polled regularly; returning True raises :class:`rrdpo_core.errors.Cancelled`.
 
@@ -190,7 +192,7 @@ def flow_propagation_prior(
     steps.check()
 
     if length == 1:
-        source = np.where(holes, SOURCE_SPATIAL, SOURCE_KNOWN).astype(np.uint8)
+        source = np.where(holes, np.uint8(SOURCE_SPATIAL), np.uint8(SOURCE_KNOWN))
         if device is not None:
             from .torch_path import propagate_torch
             out, source = propagate_torch(video, holes, [], [], settings, torch.device(device), steps.step)
@@ -202,7 +204,8 @@ def flow_propagation_prior(
     # 1. Flow at working resolution, both directions, completed inside the holes.
     t_flow = time.perf_counter()
     dilation = int(round(flow_mask_dilation / flow_downscale))
-    fwd, bwd = completed_flows(video, holes, flow_downscale, preset, dilation, steps.step, workers)
+    with opencv_serial_while(workers > 1):
+        fwd, bwd = completed_flows(video, holes, flow_downscale, preset, dilation, steps.step, workers)
     t_flow = time.perf_counter() - t_flow
 
     if device is not None:
@@ -211,7 +214,8 @@ def flow_propagation_prior(
         return _result(out, source, hole_count, None, t_start,
                        {"flow_seconds": t_flow, "flow_downscale": float(flow_downscale)})
 
-    out, source, distance = _propagate_numpy(video, holes, fwd, bwd, settings, steps.step, workers)
+    with opencv_serial_while(workers > 1):
+        out, source, distance = _propagate_numpy(video, holes, fwd, bwd, settings, steps.step, workers)
     return _result(out, source, hole_count, distance, t_start,
                    {"flow_seconds": t_flow, "flow_downscale": float(flow_downscale), "workers": workers})
 
@@ -236,17 +240,19 @@ def _result(out: np.ndarray, source: np.ndarray, hole_count: int, distance: floa
                        source_map=torch.from_numpy(source))
 
 
-def targets_of(holes: np.ndarray, ring: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[int]]:
+def targets_of(holes: np.ndarray, ring: int, workers: int = 1
+               ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[int]]:
     """Per frame the pixels whose sources are tracked: the hole, then half the ring (colour matching)."""
-    targets, counts = [], []
-    for hole in holes:
+
+    def one(hole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ys, xs = np.nonzero(hole)
-        counts.append(len(ys))
         if ring > 0 and len(ys):
             rys, rxs = np.nonzero(ring_samples(ring_of(hole, ring)))
             ys, xs = np.concatenate([ys, rys]), np.concatenate([xs, rxs])
-        targets.append((ys, xs))
-    return targets, counts
+        return ys, xs
+
+    targets = list(ordered_map(one, holes, workers))
+    return targets, [int(np.count_nonzero(hole)) for hole in holes]
 
 
 def candidate_table(sampler: KnownSampler, curve: np.ndarray, t: int, sigma: float, shape: tuple[int, ...],
@@ -263,7 +269,8 @@ def candidate_table(sampler: KnownSampler, curve: np.ndarray, t: int, sigma: flo
     sampled, ok = sampler.sample(f, x, y)
     colours = np.zeros(shape + (3,), np.float32)
     weights = np.zeros(shape, np.float32)
-    colours[at] = sampled * np.exp(curve[t] - curve[f])
+    # The gain of every frame relative to frame t, then one gather (not one exp per source).
+    scatter_rows(colours, at, sampled * np.exp(curve[t] - curve).take(f, axis=0))
     weights[at] = np.where(ok, np.exp(-np.abs(f - t) / sigma) * agree, 0.0)
     return colours, weights, ok
 
@@ -273,10 +280,11 @@ def _propagate_numpy(video: np.ndarray, holes: np.ndarray, fwd, bwd, cfg: PriorS
     """Steps 2-5 with NumPy and OpenCV; writes into ``video`` inside the holes only.
 
     The two tracking sweeps run side by side, then the frames are fused on ``workers`` threads:
-    frame ``t`` writes only its own hole pixels and reads only known pixels.
+    frame ``t`` writes only its own hole pixels and reads only known pixels (and its own), and the
+    spatial fill of frame ``t`` follows as soon as frames ``t - 1`` and ``t`` are fused.
     """
     length, height, width = holes.shape
-    targets, hole_counts = targets_of(holes, cfg.ring)
+    targets, hole_counts = targets_of(holes, cfg.ring, workers)
     sweep = dict(slots=cfg.slots, gap=cfg.gap, step=step)
     # Five independent jobs, the two sweeps (the longest) first.
     jobs = [lambda: track_sources(holes, fwd, bwd, targets, forward=True, **sweep),
@@ -289,18 +297,15 @@ def _propagate_numpy(video: np.ndarray, holes: np.ndarray, fwd, bwd, cfg: PriorS
     # ``video`` is read only outside the holes and written only inside them, so one array
     # serves as both the source of propagation and the output.
     out = video
-    source = np.where(holes, SOURCE_SPATIAL, SOURCE_KNOWN).astype(np.uint8)
+    source = np.where(holes, np.uint8(SOURCE_SPATIAL), np.uint8(SOURCE_KNOWN))  # uint8 at once
     unseen = holes.copy()
-    local = threading.local()  # a sampler (and its frame cache) per thread
+    sampler = KnownSampler(video, holes)  # shared by the threads (its frame cache is locked)
 
     def fill(t: int) -> tuple[float, int]:
         ys, xs = targets[t]
         n_hole = hole_counts[t]
         if not n_hole:
             return 0.0, 0
-        sampler = getattr(local, "sampler", None)
-        if sampler is None:
-            sampler = local.sampler = KnownSampler(video, holes, cache_bytes=(512 * 2**20) // workers)
         src_frame = np.concatenate([past[t].frame, future[t].frame])
         n_all = src_frame.shape[1]
         # The candidates as flat indices into (2 * slots, N): one ``take`` per array instead of
@@ -354,10 +359,11 @@ def _propagate_numpy(video: np.ndarray, holes: np.ndarray, fwd, bwd, cfg: PriorS
         return float(np.abs(f_v[used] - t).sum()), int(used.sum())
 
     distance_sum, distance_count = 0.0, 0
-    for frame_sum, frame_count in ordered_map(fill, range(length), workers):
+    # Frames come back in order, so each one's spatial fill (which needs the frame before it
+    # final) runs here while the threads fuse the frames after it.
+    for t, (frame_sum, frame_count) in enumerate(ordered_map(fill, range(length), workers)):
         distance_sum += frame_sum
         distance_count += frame_count
+        spatial_fill_step(out, unseen, bwd, t, radius=cfg.radius)
         step()
-    if unseen.any():
-        spatial_fill(out, unseen, bwd, radius=cfg.radius)
     return out, source, distance_sum / max(1, distance_count)

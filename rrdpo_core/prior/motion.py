@@ -26,7 +26,8 @@ from .parallel import ordered_map
 __all__ = ["DIS_PRESETS", "FlowField", "ObjectLayers", "completed_flows", "consistent", "bilinear", "working_size",
            "motion_check_stack",
            "MOTION_SIGMA_PX", "MOTION_SIGMA_REL", "motion_sigma", "affine_motion",
-           "MOTION_MIN_AGREEMENT", "motion_agreement", "bilinear_frames", "sample_by_frame", "exposure_curve"]
+           "MOTION_MIN_AGREEMENT", "motion_agreement", "bilinear_frames", "sample_by_frame", "scatter_rows",
+           "exposure_curve"]
 
 DIS_PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
@@ -46,6 +47,8 @@ MOTION_SIGMA_REL = 0.1
 # A source whose motion is more than 2 sigma off the background's is not used at all.
 MOTION_MIN_AGREEMENT = math.exp(-2.0)
 _MIN_RING_POINTS = 16
+# cv2.remap takes maps of less than this many pixels per side (SHRT_MAX).
+_REMAP_MAX_SIDE = 32767
 # Pixels darker or brighter than this are left out of the exposure estimate (clipped, noisy).
 _EXPOSURE_LO = 0.04
 _EXPOSURE_HI = 0.96
@@ -65,13 +68,20 @@ def working_size(height: int, width: int, downscale: float) -> tuple[int, int]:
 def bilinear(field_: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Sample ``field_`` (H, W, C) at float positions (border clamped) -> (N, C), with OpenCV.
 
-    ``cv2.remap`` wants a 2-D map under 32767 on each side, so the points go in rows of 1024.
-    Its bilinear weights are quantised to 1/32 pixel, plenty for flow and for the fill.
+    ``cv2.remap`` wants a 2-D map under 32767 on each side: up to that many points go in as one
+    row (no copy), more in rows of 1024. Its bilinear weights are quantised to 1/32 pixel, plenty
+    for flow and for the fill; each point is interpolated on its own, so the layout does not
+    change the result.
     """
     n = len(x)
     channels = field_.shape[2] if field_.ndim == 3 else 1
     if n == 0:
         return np.zeros((0, channels), np.float32)
+    if n < _REMAP_MAX_SIDE:
+        mx = np.ascontiguousarray(x, dtype=np.float32).reshape(1, n)
+        my = np.ascontiguousarray(y, dtype=np.float32).reshape(1, n)
+        out = cv2.remap(field_, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        return out.reshape(n, channels)
     cols = 1024
     rows = -(-n // cols)
     mx = np.zeros(rows * cols, np.float32)
@@ -87,20 +97,45 @@ def sample_by_frame(image: Callable[[int], np.ndarray], f: np.ndarray, x: np.nda
                     channels: int) -> np.ndarray:
     """Bilinear samples ``(N, channels)`` of ``image(s)`` at ``(x, y)`` for the frames ``f``, one frame at a time.
 
-    Points are grouped by frame (a stable radix sort on 16-bit frame numbers) and each group is
-    read with one :func:`bilinear` (``cv2.remap``): several times faster than gathering four
-    corners from a frame stack with NumPy indexing.
+    Points are sorted by frame once (a stable radix sort on 16-bit frame numbers), each frame's run
+    is read with one :func:`bilinear` (``cv2.remap``) into a sorted buffer, and the rows go back to
+    the points' order with one scatter: several times faster than gathering four corners from a
+    frame stack with NumPy indexing, and than selecting each frame's points from the whole list.
     """
-    acc = np.zeros((len(f), channels), np.float32)
-    if len(f) == 0:
-        return acc
+    n = len(f)
+    if n == 0:
+        return np.zeros((0, channels), np.float32)
     order = np.argsort(f.astype(np.int16) if f.max() < 2**15 else f, kind="stable")
-    frames_used, starts = np.unique(f[order], return_index=True)
-    ends = np.append(starts[1:], len(f))
-    for frame, a, b in zip(frames_used, starts, ends):
-        sel = order[a:b]
-        acc[sel] = bilinear(image(int(frame)), x[sel], y[sel])
-    return acc
+    fs = f.take(order)
+    starts = np.flatnonzero(fs[1:] != fs[:-1]) + 1
+    bounds = [0] + starts.tolist() + [n]
+    xs = x.take(order).astype(np.float32, copy=False)
+    ys = y.take(order).astype(np.float32, copy=False)
+    ordered = np.empty((n, channels), np.float32)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        ordered[a:b] = bilinear(image(int(fs[a])), xs[a:b], ys[a:b])
+    return unsort_rows(ordered, order)
+
+
+def unsort_rows(rows: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``out`` with ``out[order] = rows`` (``order`` a permutation), rows moved whole (:func:`scatter_rows`)."""
+    out = np.empty_like(rows)
+    scatter_rows(out, order, rows)
+    return out
+
+
+def scatter_rows(target: np.ndarray, index: np.ndarray, rows: np.ndarray) -> None:
+    """``target[index] = rows`` for float32 rows of 1 to 4 values (the last axis), each row moved as one item.
+
+    A fancy-index scatter of short rows is several times slower than one of single items; the rows
+    are viewed as one wider item each (their bytes are moved, not interpreted: the same result).
+    """
+    c = target.shape[-1]
+    if target.dtype != np.float32 or rows.dtype != np.float32 or not 1 <= c <= 4 or not target.flags.c_contiguous:
+        target[index] = rows
+        return
+    item = np.dtype((np.void, 4 * c))
+    target.view(item).reshape(target.shape[:-1])[index] = np.ascontiguousarray(rows).view(item).reshape(rows.shape[:-1])
 
 
 class FlowField:
@@ -188,7 +223,14 @@ def completed_flows(video: np.ndarray, holes: np.ndarray, downscale: float, pres
             f = np.zeros_like(f)  # nothing to measure motion on
             b = np.zeros_like(b)
         elif region.any():
-            geometry = _holes_and_rings(region)
+            # Fixed holes give every pair the same region: its holes and rings are reused
+            # (read only) while it stays the same.
+            cached = getattr(local, "geometry", None)
+            if cached is not None and np.array_equal(cached[0], region):
+                geometry = cached[1]
+            else:
+                geometry = _holes_and_rings(region)
+                local.geometry = (region, geometry)
             # Each direction gets its own fit: taking the inverse of the forward fit for the backward
             # flow halves the RANSAC work but scored 0.4 dB lower hole PSNR on
             # diffueraser-example1 squares (30 frames), so it is not done.
@@ -230,7 +272,9 @@ def _background_motion(raw: np.ndarray, completed: np.ndarray, region: np.ndarra
         return None
     out = np.empty_like(raw)
     out[..., 0], out[..., 1] = affine_motion(model, grid[1], grid[0])
-    out[region] = completed[region]
+    # One masked pass, not a gather and a scatter (the mask per channel: broadcast along the last
+    # axis, it is several times slower).
+    np.copyto(out, completed, where=np.repeat(region[..., None], out.shape[-1], axis=-1))
     return out
 
 
@@ -421,8 +465,10 @@ def motion_check_stack(fwd: list[FlowField], bwd: list[FlowField], towards_past:
         else:
             field = fwd[s] if s < length - 1 else bwd[length - 2]
         bg = field.flow if field.background is None else field.background
-        out.append(np.concatenate([field.raw - bg, bg], axis=-1))
-    return np.stack(out).astype(np.float32)
+        raw = field.raw
+        # cv2.merge of the planes: a NumPy concatenation along a last axis of 2 is 4x slower.
+        out.append(cv2.merge([raw[..., 0] - bg[..., 0], raw[..., 1] - bg[..., 1], bg[..., 0], bg[..., 1]]))
+    return np.stack(out).astype(np.float32, copy=False)
 
 
 def bilinear_frames(stack: np.ndarray, f: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -462,6 +508,12 @@ def motion_agreement(stack: np.ndarray, full_hw: tuple[int, int], f: np.ndarray,
     return np.where(agree >= MOTION_MIN_AGREEMENT, agree, 0.0).astype(np.float32)
 
 
+def _per_channel(plane: np.ndarray, channels: int) -> np.ndarray:
+    """``plane`` ``(H, W)`` repeated into ``(H, W, channels)``: a product with it is several times faster than
+    one broadcast along the last axis, and the same."""
+    return cv2.merge([plane] * channels)
+
+
 def exposure_curve(video: np.ndarray, holes: np.ndarray, fwd: list[FlowField]) -> np.ndarray:
     """Per frame and channel, the log gain of the frame relative to frame 0: ``(T, 3)`` float32.
 
@@ -478,7 +530,8 @@ def exposure_curve(video: np.ndarray, holes: np.ndarray, fwd: list[FlowField]) -
     fh, fw = fwd[0].flow.shape[:2]
     # Hole content is zeroed first and any low-resolution pixel touching a hole is left out, so
     # what is being removed cannot steer the estimate.
-    small = [cv2.resize(f * (~h)[..., None], (fw, fh), interpolation=cv2.INTER_AREA) for f, h in zip(video, holes)]
+    small = [cv2.resize(f * _per_channel((~h).astype(np.float32), 3), (fw, fh), interpolation=cv2.INTER_AREA)
+             for f, h in zip(video, holes)]
     cover = [cv2.resize((~h).astype(np.float32), (fw, fh), interpolation=cv2.INTER_AREA) for h in holes]
     known = [c >= 1.0 for c in cover]
     # A median over every second pixel of every second row: a gain moves all pixels alike, so a

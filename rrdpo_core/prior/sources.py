@@ -112,9 +112,11 @@ def track_sources(holes: np.ndarray, fwd: list[FlowField], bwd: list[FlowField],
             rx = np.clip(np.rint(qx), 0, width - 1)
             ry = np.clip(np.rint(qy), 0, height - 1)
             dx, dy = qx - rx, qy - ry
-            # Inherit the list of the nearest pixel: one flat gather of every plane.
+            # Inherit the list of the nearest pixel: one flat gather of every plane. The indices are
+            # in range (clipped above): mode="clip" spares NumPy the buffered copy it makes of
+            # ``out`` under the default mode="raise" (about 2x faster).
             flat = (ry.astype(np.int64) * width + rx.astype(np.int64)).ravel()
-            lists.reshape(3 * slots, -1).take(flat, axis=1, out=gathered.reshape(3 * slots, -1))
+            lists.reshape(3 * slots, -1).take(flat, axis=1, out=gathered.reshape(3 * slots, -1), mode="clip")
             lists, gathered = gathered, lists
             frame, x, y = lists[:slots], lists[slots:2 * slots], lists[2 * slots:]
             x += dx
