@@ -296,19 +296,22 @@ def uncertain_pixels(colours: np.ndarray, weights: np.ndarray, own: np.ndarray, 
 def telea_at(frame: np.ndarray, hole: np.ndarray, ys: np.ndarray, xs: np.ndarray, radius: int) -> np.ndarray:
     """Telea's fill (:func:`.fusion.telea_fill`) of the hole pixels ``(ys, xs)`` of ``frame``, ``(K, 3)``.
 
-    Only the hole's connected parts that hold the pixels are filled, in a window around them with
-    a margin of ``radius`` + 2 (what Telea reads), so the cost is theirs, not the frame's.
+    Each connected part of the hole that holds some of the pixels is filled in its own window, its
+    box with a margin of ``radius`` + 2 (what Telea reads), so the cost is theirs, not the frame's
+    (a grid of squares: a few squares, not the box spanning them).
     """
     _, labels, boxes, _ = cv2.connectedComponentsWithStats(hole.astype(np.uint8), connectivity=8)
-    parts = np.unique(labels[ys, xs])
-    parts = parts[parts > 0]
-    bx0, by0 = boxes[parts, 0], boxes[parts, 1]
+    part_of = labels[ys, xs]
+    out = np.zeros((len(ys), 3), np.float32)
     margin = radius + 2
     height, width = hole.shape
-    y0, x0 = max(0, int(by0.min()) - margin), max(0, int(bx0.min()) - margin)
-    y1 = min(height, int((by0 + boxes[parts, 3]).max()) + margin)
-    x1 = min(width, int((bx0 + boxes[parts, 2]).max()) + margin)
-    window = hole[y0:y1, x0:x1]
-    # Pixels under the hole are never read (zeroed: the result cannot depend on what is there).
-    filled = telea_fill(np.where(window[..., None], 0.0, frame[y0:y1, x0:x1]).astype(np.float32), window, radius)
-    return filled[ys - y0, xs - x0]
+    for k in np.unique(part_of):
+        bx, by, bw, bh = (int(v) for v in boxes[k, :4])
+        y0, x0 = max(0, by - margin), max(0, bx - margin)
+        y1, x1 = min(height, by + bh + margin), min(width, bx + bw + margin)
+        window = hole[y0:y1, x0:x1]
+        # Pixels under the hole are never read (zeroed: the result cannot depend on what is there).
+        filled = telea_fill(np.where(window[..., None], 0.0, frame[y0:y1, x0:x1]).astype(np.float32), window, radius)
+        sel = part_of == k
+        out[sel] = filled[ys[sel] - y0, xs[sel] - x0]
+    return out
