@@ -494,17 +494,24 @@ def test_uncertain_pixels_need_the_object_on_both_sides_in_time_and_next_to_its_
                 colours[k * slots, i], weights[k * slots, i] = c, 1.0
     def at(y, x):
         return int(np.flatnonzero((ys == y) & (xs == x))[0])
-    deforming, ahead, far, filled = at(9, 6), at(10, 6), at(9, 13), at(11, 6)
+    deforming, ahead, far, filled, hidden = at(9, 6), at(10, 6), at(9, 13), at(11, 6), at(12, 6)
     give(deforming, magenta, magenta * 0.6)  # the object on both sides (disagreeing: it deforms)
     give(ahead, grey, magenta)  # background in the past: the object has not reached it yet
     give(far, magenta, magenta * 0.6)  # found on both sides, but nearer the background's border
     give(filled, magenta, magenta)
+    # No frame saw the background here (its fusion is empty, zero): a dark object on both sides
+    # still counts, though its colours are near that empty fusion.
+    dark = np.full(3, 0.05, np.float32)
+    give(hidden, dark, dark * 0.5)
+    background[hidden] = 0.0
     on = np.zeros(len(ys), bool)
     on[filled] = True  # the object layer fills it
     ok = np.ones(len(ys), bool)
+    ok[hidden] = False
     unsure = uncertain_pixels(colours, weights, own, background, ok, is_ring, ys, xs, hole, on, slots)
-    assert unsure[deforming] and not unsure[ahead] and not unsure[far] and not unsure[filled]
-    assert unsure.sum() == 1
+    assert unsure[deforming] and unsure[hidden]
+    assert not unsure[ahead] and not unsure[far] and not unsure[filled]
+    assert unsure.sum() == 2
     # In object removal the border is background: nothing is uncertain.
     assert not uncertain_pixels(colours, weights, np.tile(grey, (len(ys), 1)), background, ok, is_ring, ys, xs,
                                 hole, on, slots).any()

@@ -282,8 +282,9 @@ def uncertain_pixels(colours: np.ndarray, weights: np.ndarray, own: np.ndarray, 
     mismatch = np.abs(own - background).mean(-1) > RING_OUTLIER
     shown, explained = known & mismatch, known & ~mismatch
     # Per side in time: more sources show something the background does not explain (the object,
-    # seen there) than show the background.
-    other = (weights > 0) & (np.abs(colours - background[None]).mean(-1) > RING_OUTLIER)
+    # seen there) than show the background. Where no frame saw the background, every source shows
+    # something else: what hid the background in all those frames.
+    other = (weights > 0) & ((np.abs(colours - background[None]).mean(-1) > RING_OUTLIER) | ~background_ok[None])
     lead = other.astype(np.int32) - ((weights > 0) & ~other)
     candidates = ~ring & ~on & (lead[:slots].sum(0) > 0) & (lead[slots:].sum(0) > 0)
     if not shown.any() or not candidates.any():
