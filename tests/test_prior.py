@@ -9,6 +9,7 @@ import torch
 from rrdpo_core.errors import Cancelled, RrdpoInputError
 from rrdpo_core.membrane import harmonic_fill
 from rrdpo_core.prior import PriorResult, flow_propagation_prior
+from rrdpo_core.prior.objects import uncertain_pixels
 from rrdpo_core.synthetic import make_synthetic_clip
 
 
@@ -431,11 +432,12 @@ def test_telea_in_boxes_around_groups_of_holes_is_the_whole_frame_telea():
 # Issue 14: a hole cutting through a moving object (video completion) - the object layer
 
 
-def straddling_object_clip(length=16, height=96, width=160, side=24, speed=5):
+def straddling_object_clip(length=16, height=96, width=160, side=24, speed=5, deforming=False):
     """A pan (2 px/frame) under a fixed square hole, and a tall textured magenta bar moving right at
     ``speed`` px/frame across it: while it crosses, the hole cuts through the bar, which stays
-    visible above and below the hole. Returns the frames (the truth), the masks and the bar's
-    footprint per frame."""
+    visible above and below the hole. ``deforming``: the bar's texture is new in every frame (its
+    surface moves on its own, as cloth or a body does), so no two frames show the same pixel of it
+    alike. Returns the frames (the truth), the masks and the bar's footprint per frame."""
     frames = panning_video(length=length, height=height, width=width, dx=2, dy=0, seed=6)
     bar_w = 32
     texture = cv2.GaussianBlur(np.random.default_rng(8).random((height - 16, bar_w)).astype(np.float32), (0, 0), 1.5)
@@ -444,6 +446,10 @@ def straddling_object_clip(length=16, height=96, width=160, side=24, speed=5):
     for s in range(length):
         x0 = width // 2 - bar_w // 2 + speed * (s - length // 2)
         lo, hi = max(0, x0), min(width, x0 + bar_w)
+        if deforming:
+            noise = cv2.GaussianBlur(np.random.default_rng(100 + s).random((height - 16, bar_w)).astype(np.float32),
+                                     (0, 0), 1.0)
+            texture = 0.75 + 0.5 * (noise - noise.mean()) / (noise.max() - noise.min())
         if hi > lo:
             frames[s, 8:height - 8, lo:hi] = texture[:, lo - x0:hi - x0, None] * MAGENTA
             bar[s, 8:height - 8, lo:hi] = True
@@ -482,12 +488,73 @@ def test_an_object_inside_a_removal_mask_is_still_not_copied_in():
     assert np.abs(out - background).mean(-1)[masks].mean() < 0.01
 
 
-def test_torch_path_agrees_with_the_numpy_path_on_the_object_layer():
-    frames, masks, bar = straddling_object_clip()
+@pytest.mark.parametrize("deforming", [False, True])
+def test_torch_path_agrees_with_the_numpy_path_on_the_object_layer(deforming):
+    frames, masks, bar = straddling_object_clip(deforming=deforming)
     holed = np.where(masks[..., None], 0.0, frames)
     cpu = flow_propagation_prior(holed, masks)
     tor = flow_propagation_prior(holed, masks, device="cpu")
     diff = np.abs(cpu.frames.numpy() - tor.frames.numpy())[masks]
     assert diff.mean() < 2e-3 and np.quantile(diff, 0.99) < 1.5e-2, (diff.mean(), np.quantile(diff, 0.99))
     # ... and the torch path does complete the bar.
-    assert np.abs(tor.frames.numpy() - frames).mean(-1)[masks & bar].mean() < 0.115
+    assert np.abs(tor.frames.numpy() - frames).mean(-1)[masks & bar].mean() < (0.14 if deforming else 0.115)
+
+
+def test_a_deforming_object_in_the_hole_is_not_left_to_the_background():
+    # The bar's sources in the past and the future never agree (its texture changes every frame),
+    # so the object layer fills few of its pixels and the rest kept the background behind it
+    # (mean error 0.152 on the bar's hole pixels, 27 % off by more than 0.2). Where the bar is seen
+    # on the hole's border and found along its motion on both sides in time, the pixel now gets the
+    # mean of the background and Telea's fill from the border: 0.133, 20 %.
+    frames, masks, bar = straddling_object_clip(deforming=True)
+    out = flow_propagation_prior(np.where(masks[..., None], 0.0, frames), masks).frames.numpy()
+    err = np.abs(out - frames).mean(-1)
+    on_bar = masks & bar
+    assert err[on_bar].mean() < 0.14, err[on_bar].mean()
+    assert (err[on_bar] > 0.2).mean() < 0.24, (err[on_bar] > 0.2).mean()
+    # The background part of the hole hardly changes (0.0701 before, 0.0711 now).
+    assert err[masks & ~bar].mean() < 0.075
+
+
+def test_uncertain_pixels_need_the_object_on_both_sides_in_time_and_next_to_its_border():
+    # A 10x10 hole in a 20x20 frame; its left border shows the object (magenta, which the
+    # background's grey does not explain), the rest of its border is background.
+    hole = np.zeros((20, 20), bool)
+    hole[5:15, 5:15] = True
+    ring = cv2.dilate(hole.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    ring &= ~hole
+    ys, xs = np.nonzero(hole | ring)
+    is_ring = ring[ys, xs]
+    grey, magenta = np.full(3, 0.5, np.float32), MAGENTA * 0.8
+    background = np.tile(grey, (len(ys), 1))
+    own = np.where((is_ring & (xs == 4))[:, None], magenta, grey).astype(np.float32)
+    slots = 2
+    colours = np.zeros((2 * slots, len(ys), 3), np.float32)
+    weights = np.zeros((2 * slots, len(ys)), np.float32)
+    def give(i, past, future):  # the object's sources of pixel i: magenta (the object) or grey
+        for k, c in enumerate([past, future]):
+            if c is not None:
+                colours[k * slots, i], weights[k * slots, i] = c, 1.0
+    def at(y, x):
+        return int(np.flatnonzero((ys == y) & (xs == x))[0])
+    deforming, ahead, far, filled, hidden = at(9, 6), at(10, 6), at(9, 13), at(11, 6), at(12, 6)
+    give(deforming, magenta, magenta * 0.6)  # the object on both sides (disagreeing: it deforms)
+    give(ahead, grey, magenta)  # background in the past: the object has not reached it yet
+    give(far, magenta, magenta * 0.6)  # found on both sides, but nearer the background's border
+    give(filled, magenta, magenta)
+    # No frame saw the background here (its fusion is empty, zero): a dark object on both sides
+    # still counts, though its colours are near that empty fusion.
+    dark = np.full(3, 0.05, np.float32)
+    give(hidden, dark, dark * 0.5)
+    background[hidden] = 0.0
+    on = np.zeros(len(ys), bool)
+    on[filled] = True  # the object layer fills it
+    ok = np.ones(len(ys), bool)
+    ok[hidden] = False
+    unsure = uncertain_pixels(colours, weights, own, background, ok, is_ring, ys, xs, hole, on, slots)
+    assert unsure[deforming] and unsure[hidden]
+    assert not unsure[ahead] and not unsure[far] and not unsure[filled]
+    assert unsure.sum() == 2
+    # In object removal the border is background: nothing is uncertain.
+    assert not uncertain_pixels(colours, weights, np.tile(grey, (len(ys), 1)), background, ok, is_ring, ys, xs,
+                                hole, on, slots).any()

@@ -23,8 +23,10 @@ without any learned weights:
    that stays visible on the hole's ring (a second motion there, unlike the background's), the
    hole pixels it continues into are filled from the object's own sources, found along the
    object's motion, where past and future sources agree and the object is seen at the hole's
-   border. In object removal the mask covers the object, its border is background, and nothing
-   changes.
+   border. Where they do not agree (the object deforms) but both sides show the object and the
+   pixel is nearer the object's part of the border than the background's, it gets the mean of
+   the background's colour and Telea's fill from the border (:func:`.objects.uncertain_pixels`).
+   In object removal the mask covers the object, its border is background, and nothing changes.
 5. **Spatial fill** of never-seen pixels: the mean of Telea and the membrane of the pixels around
    (:func:`.fusion.spatial_fill_frame`), carried from frame to frame along the flow so it does not
    flicker.
@@ -56,7 +58,7 @@ from .fusion import (KnownSampler, colour_offset, fuse_candidates, ring_of, ring
                      spatial_fill_step)
 from .motion import (DIS_PRESETS, completed_flows, exposure_curve, motion_agreement, motion_check_stack,
                      scatter_rows)
-from .objects import object_pixels, object_sources
+from .objects import object_pixels, object_sources, telea_at, uncertain_pixels
 from .parallel import default_workers, opencv_serial_while, ordered_map
 from .preview import SOURCE_COPIED, SOURCE_FUSED, SOURCE_KNOWN, SOURCE_SPATIAL
 from .sources import track_sources
@@ -300,6 +302,7 @@ def _propagate_numpy(video: np.ndarray, holes: np.ndarray, fwd, bwd, cfg: PriorS
     source = np.where(holes, np.uint8(SOURCE_SPATIAL), np.uint8(SOURCE_KNOWN))  # uint8 at once
     unseen = holes.copy()
     sampler = KnownSampler(video, holes)  # shared by the threads (its frame cache is locked)
+    later: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # uncertain never-seen pixels, Telea's fill
 
     def fill(t: int) -> tuple[float, int]:
         ys, xs = targets[t]
@@ -344,8 +347,22 @@ def _propagate_numpy(video: np.ndarray, holes: np.ndarray, fwd, bwd, cfg: PriorS
                                                       obj.frame[has], obj.x[has], obj.y[has], obj.agree[has])
             o_fused, o_count = fuse_candidates(o_colours, o_weights, cfg.tolerance)
             zy, zx = ys[obj.index], xs[obj.index]
-            on = object_pixels(o_colours, o_weights, o_fused, video[t, zy, zx], fused[obj.index], count[obj.index] > 0,
-                               obj.index >= n_hole, zy, zx, holes[t], cfg.slots, cfg.tolerance)
+            own, background, background_ok = video[t, zy, zx], fused[obj.index], count[obj.index] > 0
+            is_ring = obj.index >= n_hole
+            on = object_pixels(o_colours, o_weights, o_fused, own, background, background_ok, is_ring, zy, zx,
+                               holes[t], cfg.slots, cfg.tolerance)
+            unsure = uncertain_pixels(o_colours, o_weights, own, background, background_ok, is_ring, zy, zx, holes[t],
+                                      on, cfg.slots)
+            if unsure.any():
+                # The object may or may not continue there: the mean of the background's colour (or
+                # of the spatial fill, below, where no frame saw the pixel) and the border's (Telea),
+                # whose errors are independent, errs less than either alone.
+                at = obj.index[unsure]
+                telea = telea_at(video[t], holes[t], zy[unsure], zx[unsure], cfg.radius)
+                seen = background_ok[unsure]
+                hole_fused[at[seen]] = 0.5 * (hole_fused[at[seen]] + telea[seen])
+                if not seen.all():
+                    later[t] = (zy[unsure][~seen], zx[unsure][~seen], telea[~seen])
             hole_fused[obj.index[on]] = o_fused[on]
             hole_count_[obj.index[on]] = o_count[on]
             got[obj.index[on]] = True
@@ -366,4 +383,8 @@ def _propagate_numpy(video: np.ndarray, holes: np.ndarray, fwd, bwd, cfg: PriorS
         distance_count += frame_count
         spatial_fill_step(out, unseen, bwd, t, radius=cfg.radius)
         step()
+    # Uncertain object pixels that no frame saw: the mean of their spatial fill and Telea's. After
+    # every frame's spatial fill, which carries the frame before along the flow without this mean.
+    for t, (hy, hx, telea) in later.items():
+        out[t, hy, hx] = 0.5 * (out[t, hy, hx] + telea)
     return out, source, distance_sum / max(1, distance_count)

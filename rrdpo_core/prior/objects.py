@@ -17,6 +17,16 @@ content that moves with the background, and is rejected. :func:`object_pixels` t
 hole pixels show the object: where past and future sources agree in colour, connected to a pixel
 of the hole's border that the object explains and the background does not. There the object's
 fused colour replaces the background's (the object is in front of the background it crosses).
+
+An object that deforms (a walking person, a swung arm) seldom gives agreeing sources on both
+sides in time, so most of its pixels keep the background's colour, which is wrong by the whole
+contrast between object and background. :func:`uncertain_pixels` marks the labelled pixels left
+to the background whose sources on both sides in time show mostly something other than the
+background, and that lie nearer to where something the background does not explain crosses the
+hole's border than to where the background does: the object may continue into them or not.
+They get the mean of the background's colour (or of the spatial fill, where no frame saw them)
+and Telea's fill from the border (:func:`telea_at`), which carries the object's colours in from
+where it is seen.
 """
 from __future__ import annotations
 
@@ -25,9 +35,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .motion import MOTION_MIN_AGREEMENT, FlowField, affine_motion, bilinear, motion_sigma
+from .fusion import RING_OUTLIER, telea_fill
+from .motion import MOTION_MIN_AGREEMENT, FlowField, _distance_to, affine_motion, bilinear, motion_sigma
 
-__all__ = ["ObjectSources", "object_sources", "object_pixels"]
+__all__ = ["ObjectSources", "object_sources", "object_pixels", "uncertain_pixels", "telea_at"]
 
 
 @dataclass
@@ -217,17 +228,9 @@ def object_pixels(colours: np.ndarray, weights: np.ndarray, fused: np.ndarray, o
     removed its mask covers it with a margin: the hole's border is background, which the
     background explains. When a hole cuts through an object, the object is on its border.
     """
-    from .fusion import RING_OUTLIER
-
     agreeing = (np.abs(colours - fused[None]).mean(-1) <= tolerance) & (weights > 0)
     on = agreeing[:slots].any(0) & agreeing[slots:].any(0)
-    # Work in the box around the pixels (with a one-pixel margin for the border test).
-    y0, x0 = max(0, int(ys.min()) - 1), max(0, int(xs.min()) - 1)
-    y1, x1 = min(hole.shape[0], int(ys.max()) + 2), min(hole.shape[1], int(xs.max()) + 2)
-    ly, lx = ys - y0, xs - x0
-    # The hole's own border: ring pixels with a hole pixel among their 8 neighbours.
-    near = cv2.dilate(hole[y0:y1, x0:x1].astype(np.uint8), np.ones((3, 3), np.uint8))
-    border = ring & (near[ly, lx] > 0)
+    (y0, y1, x0, x1), ly, lx, border = _border(ring, ys, xs, hole)
     seen = on & border & background_ok & (np.abs(own - fused).mean(-1) <= tolerance) & \
         (np.abs(own - background).mean(-1) > RING_OUTLIER)
     if not seen.any():
@@ -239,3 +242,77 @@ def object_pixels(colours: np.ndarray, weights: np.ndarray, fused: np.ndarray, o
     keep[labels[ly[seen], lx[seen]]] = True
     keep[0] = False
     return on & ~ring & keep[labels[ly, lx]]
+
+
+def _border(ring: np.ndarray, ys: np.ndarray, xs: np.ndarray, hole: np.ndarray
+            ) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray, np.ndarray]:
+    """The box ``(y0, y1, x0, x1)`` around the pixels (with a one-pixel margin), their positions in
+    it, and which of them lie on the hole's own border (ring pixels with a hole pixel among their 8
+    neighbours)."""
+    y0, x0 = max(0, int(ys.min()) - 1), max(0, int(xs.min()) - 1)
+    y1, x1 = min(hole.shape[0], int(ys.max()) + 2), min(hole.shape[1], int(xs.max()) + 2)
+    ly, lx = ys - y0, xs - x0
+    near = cv2.dilate(hole[y0:y1, x0:x1].astype(np.uint8), np.ones((3, 3), np.uint8))
+    return (y0, y1, x0, x1), ly, lx, ring & (near[ly, lx] > 0)
+
+
+def uncertain_pixels(colours: np.ndarray, weights: np.ndarray, own: np.ndarray, background: np.ndarray,
+                     background_ok: np.ndarray, ring: np.ndarray, ys: np.ndarray, xs: np.ndarray, hole: np.ndarray,
+                     on: np.ndarray, slots: int) -> np.ndarray:
+    """Hole pixels that the object layer leaves to the background but that may show the object, ``(M,)`` bool.
+
+    Arguments as :func:`object_pixels` (``on`` is its result). Such a pixel lies on the object's
+    path in both directions of time: in the past and in the future, most of its sources along the
+    object's motion show something the background's fusion at the pixel does not explain (beyond
+    :data:`.fusion.RING_OUTLIER`) - but the two sides did not agree on a colour (the object deforms,
+    or its texture is misaligned). A pixel ahead of an object that has not reached it yet, or behind
+    one that has left, finds mostly background on one side (a source at the object's very edge may
+    still show some of it: hence most, not any); an object that never leaves the place the hole
+    covers (standing still while the camera pans) is never found. And the
+    pixel lies nearer to a pixel of the hole's border that the background does not explain (the
+    object, seen there) than to one it does: in object removal the border is background, which the
+    background explains, and hardly any pixel is marked. Whether the object reaches into the pixel
+    is then as likely as not: the caller fills it with the mean of what it would get otherwise (the
+    background's colour, or the spatial fill where no frame saw the background) and
+    :func:`telea_at`, which carries the object's colours in from the border. Two estimates with
+    independent errors, averaged, err less than either where neither is known to be right.
+    """
+    (y0, y1, x0, x1), ly, lx, border = _border(ring, ys, xs, hole)
+    known = border & background_ok
+    mismatch = np.abs(own - background).mean(-1) > RING_OUTLIER
+    shown, explained = known & mismatch, known & ~mismatch
+    # Per side in time: more sources show something the background does not explain (the object,
+    # seen there) than show the background. Where no frame saw the background, every source shows
+    # something else: what hid the background in all those frames.
+    other = (weights > 0) & ((np.abs(colours - background[None]).mean(-1) > RING_OUTLIER) | ~background_ok[None])
+    lead = other.astype(np.int32) - ((weights > 0) & ~other)
+    candidates = ~ring & ~on & (lead[:slots].sum(0) > 0) & (lead[slots:].sum(0) > 0)
+    if not shown.any() or not candidates.any():
+        return np.zeros(len(ys), bool)
+    d_object = _distance_to(ly[shown], lx[shown], (y1 - y0, x1 - x0))
+    d_background = _distance_to(ly[explained], lx[explained], (y1 - y0, x1 - x0))
+    return candidates & (d_object[ly, lx] < d_background[ly, lx])
+
+
+def telea_at(frame: np.ndarray, hole: np.ndarray, ys: np.ndarray, xs: np.ndarray, radius: int) -> np.ndarray:
+    """Telea's fill (:func:`.fusion.telea_fill`) of the hole pixels ``(ys, xs)`` of ``frame``, ``(K, 3)``.
+
+    Each connected part of the hole that holds some of the pixels is filled in its own window, its
+    box with a margin of ``radius`` + 2 (what Telea reads), so the cost is theirs, not the frame's
+    (a grid of squares: a few squares, not the box spanning them).
+    """
+    _, labels, boxes, _ = cv2.connectedComponentsWithStats(hole.astype(np.uint8), connectivity=8)
+    part_of = labels[ys, xs]
+    out = np.zeros((len(ys), 3), np.float32)
+    margin = radius + 2
+    height, width = hole.shape
+    for k in np.unique(part_of):
+        bx, by, bw, bh = (int(v) for v in boxes[k, :4])
+        y0, x0 = max(0, by - margin), max(0, bx - margin)
+        y1, x1 = min(height, by + bh + margin), min(width, bx + bw + margin)
+        window = hole[y0:y1, x0:x1]
+        # Pixels under the hole are never read (zeroed: the result cannot depend on what is there).
+        filled = telea_fill(np.where(window[..., None], 0.0, frame[y0:y1, x0:x1]).astype(np.float32), window, radius)
+        sel = part_of == k
+        out[sel] = filled[ys[sel] - y0, xs[sel] - x0]
+    return out

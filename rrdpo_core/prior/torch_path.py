@@ -21,7 +21,7 @@ from .fusion import _TIE_BREAK, OFFSET_SCALE, RING_OUTLIER, offset_box
 from ..membrane import membrane_window
 from .motion import (CONSISTENCY_ALPHA, CONSISTENCY_BETA, MOTION_MIN_AGREEMENT, MOTION_SIGMA_PX, MOTION_SIGMA_REL,
                      FlowField, exposure_curve, motion_check_stack)
-from .objects import object_pixels, object_sources
+from .objects import object_pixels, object_sources, telea_at, uncertain_pixels
 from .preview import SOURCE_COPIED, SOURCE_FUSED, SOURCE_KNOWN, SOURCE_SPATIAL
 
 __all__ = ["propagate_torch", "harmonic_fill_torch"]
@@ -283,6 +283,7 @@ def propagate_torch(video: np.ndarray, holes: np.ndarray, fwd: list[FlowField], 
             ys, xs = torch.cat([ys, rys]), torch.cat([xs, rxs])
         targets.append((ys, xs))
 
+    later: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # uncertain never-seen pixels, Telea's fill
     if length > 1:
         checks_np = tuple(motion_check_stack(fwd, bwd, towards_past=p) for p in (True, False))
         checks = [torch.from_numpy(c).to(device).permute(0, 3, 1, 2) for c in checks_np]
@@ -320,13 +321,27 @@ def propagate_torch(video: np.ndarray, holes: np.ndarray, fwd: list[FlowField], 
                     o_fused, o_count = _fuse(o_col, o_w, cfg.tolerance)
                     index = torch.from_numpy(obj.index).to(device)
                     zy, zx = ys_np[obj.index], xs_np[obj.index]
+                    background, background_ok = fused[index].cpu().numpy(), (count[index] > 0).cpu().numpy()
+                    is_ring = obj.index >= n_hole
                     on = object_pixels(o_col.cpu().numpy(), o_w.cpu().numpy(), o_fused.cpu().numpy(),
-                                       video[t, zy, zx], fused[index].cpu().numpy(), (count[index] > 0).cpu().numpy(),
-                                       obj.index >= n_hole, zy, zx, holes[t], cfg.slots, cfg.tolerance)
+                                       video[t, zy, zx], background, background_ok, is_ring, zy, zx, holes[t],
+                                       cfg.slots, cfg.tolerance)
                     on_t = torch.from_numpy(on).to(device)
                     sel = index[on_t]
                     hole_fused = hole_fused.clone()
                     hole_n = hole_n.clone()
+                    unsure = uncertain_pixels(o_col.cpu().numpy(), o_w.cpu().numpy(), video[t, zy, zx], background,
+                                              background_ok, is_ring, zy, zx, holes[t], on, cfg.slots)
+                    if unsure.any():
+                        # Half the background's colour (or the spatial fill's, at the end), half the
+                        # border's (Telea, on the CPU as in the spatial fill), as the NumPy path.
+                        telea = telea_at(video[t], holes[t], zy[unsure], zx[unsure], cfg.radius)
+                        seen = background_ok[unsure]
+                        at = index[torch.from_numpy(unsure).to(device)][torch.from_numpy(seen).to(device)]
+                        telea_t = torch.from_numpy(telea).to(device=device, dtype=hole_fused.dtype)
+                        hole_fused[at] = 0.5 * (hole_fused[at] + telea_t[torch.from_numpy(seen).to(device)])
+                        if not seen.all():
+                            later[t] = (zy[unsure][~seen], zx[unsure][~seen], telea[~seen])
                     hole_fused[sel] = o_fused[on_t]
                     hole_n[sel] = o_count[on_t]
                     got = hole_n > 0
@@ -366,6 +381,9 @@ def propagate_torch(video: np.ndarray, holes: np.ndarray, fwd: list[FlowField], 
             telea = telea_fill(out[t].permute(1, 2, 0).cpu().numpy(), todo_np, cfg.radius)
             telea_t = torch.from_numpy(telea).to(device).permute(2, 0, 1)
             out[t] = torch.where(todo, 0.5 * (filled + telea_t), filled)
+    for t, (hy, hx, telea) in later.items():
+        hy_t, hx_t = torch.from_numpy(hy).to(device), torch.from_numpy(hx).to(device)
+        out[t, :, hy_t, hx_t] = 0.5 * (out[t, :, hy_t, hx_t] + torch.from_numpy(telea).to(device=device).T)
     result = out.permute(0, 2, 3, 1).cpu().numpy()
     result[~holes] = video[~holes]  # outside the holes: the input exactly
     return np.ascontiguousarray(result), source.cpu().numpy()
