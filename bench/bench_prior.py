@@ -55,9 +55,12 @@ SYNTHETIC_SEEDS = (0, 1, 2)
 TASKS = ("removal", "squares", "moving-grid", "shape-over-objects")
 
 
-def load_clips(names: list[str] | None, frames: int | None) -> list[tuple[str, np.ndarray, np.ndarray | None,
-                                                                          np.ndarray | None]]:
-    """(name, frames, object masks or None, truth under the object masks or None) per clip."""
+def load_clips(names: list[str] | None, frames: int | None, synthetic_size: tuple[int, int] = (240, 432)
+               ) -> list[tuple[str, np.ndarray, np.ndarray | None, np.ndarray | None]]:
+    """(name, frames, object masks or None, truth under the object masks or None) per clip.
+
+    The synthetic clips are generated at ``synthetic_size`` (height, width); the real ones keep theirs.
+    """
     clips = []
     bmx = DATA / "bmx-trees" / "frames"
     if bmx.is_dir():
@@ -75,7 +78,7 @@ def load_clips(names: list[str] | None, frames: int | None) -> list[tuple[str, n
     else:
         print(f"skipped diffueraser-example1: {de} not found (set RRDPO_SHARED_DATA)")
     for seed in SYNTHETIC_SEEDS:
-        c = make_synthetic_clip(frames or 40, 240, 432, seed=seed)
+        c = make_synthetic_clip(frames or 40, *synthetic_size, seed=seed)
         clips.append((f"synthetic-{seed}", c.frames.numpy(), c.masks.numpy(), c.truth.numpy()))
     if names:
         clips = [c for c in clips if c[0] in names]

@@ -30,7 +30,6 @@ sys.path.insert(0, str(HERE.parent))
 
 from bench_prior import hole_psnr, load_clips, shape_seed, task_inputs  # noqa: E402
 from rrdpo_core.prior import flow_propagation_prior  # noqa: E402
-from rrdpo_core.synthetic import make_synthetic_clip  # noqa: E402
 
 
 def resize_clip(frames: np.ndarray, masks: np.ndarray | None, width: int, height: int):
@@ -42,14 +41,12 @@ def resize_clip(frames: np.ndarray, masks: np.ndarray | None, width: int, height
 
 
 def clips_at(names: list[str] | None, frames: int, width: int, height: int):
+    """The clips at ``width`` x ``height``: the synthetic ones generated at that size, the real ones resized."""
     out = []
-    for name, video, obj_masks, truth in load_clips(names, frames):
-        if name.startswith("synthetic-"):
-            clip = make_synthetic_clip(frames, height, width, seed=int(name.split("-")[1]))
-            out.append((name, clip.frames.numpy(), clip.masks.numpy(), clip.truth.numpy()))
-        else:
+    for name, video, obj_masks, truth in load_clips(names, frames, synthetic_size=(height, width)):
+        if truth is None:
             video, obj_masks = resize_clip(video, obj_masks, width, height)
-            out.append((name, video, obj_masks, None))
+        out.append((name, video, obj_masks, truth))
     return out
 
 
