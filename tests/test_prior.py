@@ -432,13 +432,14 @@ def test_telea_in_boxes_around_groups_of_holes_is_the_whole_frame_telea():
 # Issue 14: a hole cutting through a moving object (video completion) - the object layer
 
 
-def straddling_object_clip(length=16, height=96, width=160, side=24, speed=5, deforming=False):
-    """A pan (2 px/frame) under a fixed square hole, and a tall textured magenta bar moving right at
-    ``speed`` px/frame across it: while it crosses, the hole cuts through the bar, which stays
+def straddling_object_clip(length=16, height=96, width=160, side=24, speed=5, deforming=False, pan=2):
+    """A pan (``pan`` px/frame; 0: a fixed camera, so no frame sees the background under the hole)
+    under a fixed square hole, and a tall textured magenta bar moving right at ``speed`` px/frame
+    across it: while it crosses, the hole cuts through the bar, which stays
     visible above and below the hole. ``deforming``: the bar's texture is new in every frame (its
     surface moves on its own, as cloth or a body does), so no two frames show the same pixel of it
     alike. Returns the frames (the truth), the masks and the bar's footprint per frame."""
-    frames = panning_video(length=length, height=height, width=width, dx=2, dy=0, seed=6)
+    frames = panning_video(length=length, height=height, width=width, dx=pan, dy=0, seed=6)
     bar_w = 32
     texture = cv2.GaussianBlur(np.random.default_rng(8).random((height - 16, bar_w)).astype(np.float32), (0, 0), 1.5)
     texture = 0.5 + 0.5 * (texture - texture.min()) / (texture.max() - texture.min())
@@ -488,9 +489,11 @@ def test_an_object_inside_a_removal_mask_is_still_not_copied_in():
     assert np.abs(out - background).mean(-1)[masks].mean() < 0.01
 
 
-@pytest.mark.parametrize("deforming", [False, True])
-def test_torch_path_agrees_with_the_numpy_path_on_the_object_layer(deforming):
-    frames, masks, bar = straddling_object_clip(deforming=deforming)
+@pytest.mark.parametrize("deforming, pan", [(False, 2), (True, 2), (True, 0)])
+def test_torch_path_agrees_with_the_numpy_path_on_the_object_layer(deforming, pan):
+    # pan 0: the uncertain pixels of the deforming bar were never seen (their mean with Telea is
+    # taken after the spatial fill, a separate step in each path).
+    frames, masks, bar = straddling_object_clip(deforming=deforming, pan=pan)
     holed = np.where(masks[..., None], 0.0, frames)
     cpu = flow_propagation_prior(holed, masks)
     tor = flow_propagation_prior(holed, masks, device="cpu")
