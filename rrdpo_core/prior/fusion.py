@@ -29,8 +29,8 @@ import numpy as np
 from ..membrane import harmonic_fill, window_around
 from .motion import FlowField, bilinear, sample_by_frame
 
-__all__ = ["KnownSampler", "fuse_candidates", "colour_offset", "spatial_fill", "spatial_fill_step", "spatial_fill_frame", "telea_fill",
-           "ring_of", "ring_samples"]
+__all__ = ["KnownSampler", "fuse_candidates", "colour_offset", "spatial_fill", "spatial_fill_step", "spatial_fill_frame",
+           "telea_fill", "ring_of", "ring_samples"]
 
 
 
@@ -238,20 +238,23 @@ def colour_offset(frame: np.ndarray, hole: np.ndarray, ring_ys: np.ndarray, ring
     return out
 
 
-def telea_fill(frame: np.ndarray, unknown: np.ndarray, radius: int = _TELEA_RADIUS) -> np.ndarray:
+def telea_fill(frame: np.ndarray, unknown: np.ndarray, radius: int = _TELEA_RADIUS,
+               needed: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """OpenCV's Telea inpainting of ``frame`` ``(H, W, 3)`` float in [0, 1] where ``unknown``: a new array.
 
     Telea fills a pixel from the pixels within ``radius`` of it (and their neighbours, for the
     gradients), so groups of unknown pixels more than ``radius + _TELEA_MARGIN`` apart do not
     interact: each group is inpainted in its own box grown by that margin, which gives the values a
     whole-frame call gives (frame edges included) for the few scattered never-seen pixels of a
-    frame at a fraction of the cost.
+    frame at a fraction of the cost. ``needed`` (pixels ``(ys, xs)`` of ``unknown``): only the
+    groups that hold some of them are filled; the other unknown pixels keep ``frame``'s values.
     """
     out = frame.copy()
     margin = int(radius) + _TELEA_MARGIN
     grown = cv2.dilate(unknown.astype(np.uint8), np.ones((2 * margin + 1, 2 * margin + 1), np.uint8))
     count, labels, boxes, _ = cv2.connectedComponentsWithStats(grown, connectivity=8)
-    for k in range(1, count):
+    groups = range(1, count) if needed is None else np.unique(labels[needed])
+    for k in groups:
         x0, y0, bw, bh = (int(v) for v in boxes[k, :4])  # the dilation already holds the margin
         box = (slice(y0, y0 + bh), slice(x0, x0 + bw))
         sub = unknown[box]

@@ -297,22 +297,10 @@ def uncertain_pixels(colours: np.ndarray, weights: np.ndarray, own: np.ndarray, 
 def telea_at(frame: np.ndarray, hole: np.ndarray, ys: np.ndarray, xs: np.ndarray, radius: int) -> np.ndarray:
     """Telea's fill (:func:`.fusion.telea_fill`) of the hole pixels ``(ys, xs)`` of ``frame``, ``(K, 3)``.
 
-    Each connected part of the hole that holds some of the pixels is filled in its own window, its
-    box with a margin of ``radius`` + 2 (what Telea reads), so the cost is theirs, not the frame's
-    (a grid of squares: a few squares, not the box spanning them).
+    Only the groups of hole parts that hold the pixels are filled, each in its own box, so the cost
+    is theirs, not the frame's (a grid of squares: a few squares). The hole's pixels are zeroed
+    first: ``cv2.inpaint`` reads what lies under its mask, and what is being removed must not
+    steer the fill.
     """
-    _, labels, boxes, _ = cv2.connectedComponentsWithStats(hole.astype(np.uint8), connectivity=8)
-    part_of = labels[ys, xs]
-    out = np.zeros((len(ys), 3), np.float32)
-    margin = radius + 2
-    height, width = hole.shape
-    for k in np.unique(part_of):
-        bx, by, bw, bh = (int(v) for v in boxes[k, :4])
-        y0, x0 = max(0, by - margin), max(0, bx - margin)
-        y1, x1 = min(height, by + bh + margin), min(width, bx + bw + margin)
-        window = hole[y0:y1, x0:x1]
-        # Pixels under the hole are never read (zeroed: the result cannot depend on what is there).
-        filled = telea_fill(np.where(window[..., None], 0.0, frame[y0:y1, x0:x1]).astype(np.float32), window, radius)
-        sel = part_of == k
-        out[sel] = filled[ys[sel] - y0, xs[sel] - x0]
-    return out
+    zeroed = np.where(hole[..., None], np.float32(0.0), frame)
+    return telea_fill(zeroed, hole, radius, needed=(ys, xs))[ys, xs]
