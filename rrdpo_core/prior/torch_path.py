@@ -323,23 +323,24 @@ def propagate_torch(video: np.ndarray, holes: np.ndarray, fwd: list[FlowField], 
                     zy, zx = ys_np[obj.index], xs_np[obj.index]
                     background, background_ok = fused[index].cpu().numpy(), (count[index] > 0).cpu().numpy()
                     is_ring = obj.index >= n_hole
-                    on = object_pixels(o_col.cpu().numpy(), o_w.cpu().numpy(), o_fused.cpu().numpy(),
-                                       video[t, zy, zx], background, background_ok, is_ring, zy, zx, holes[t],
-                                       cfg.slots, cfg.tolerance)
+                    o_col_np, o_w_np, own = o_col.cpu().numpy(), o_w.cpu().numpy(), video[t, zy, zx]
+                    on = object_pixels(o_col_np, o_w_np, o_fused.cpu().numpy(), own, background, background_ok,
+                                       is_ring, zy, zx, holes[t], cfg.slots, cfg.tolerance)
                     on_t = torch.from_numpy(on).to(device)
                     sel = index[on_t]
                     hole_fused = hole_fused.clone()
                     hole_n = hole_n.clone()
-                    unsure = uncertain_pixels(o_col.cpu().numpy(), o_w.cpu().numpy(), video[t, zy, zx], background,
-                                              background_ok, is_ring, zy, zx, holes[t], on, cfg.slots)
+                    unsure = uncertain_pixels(o_col_np, o_w_np, own, background, background_ok, is_ring, zy, zx,
+                                              holes[t], on, cfg.slots)
                     if unsure.any():
                         # Half the background's colour (or the spatial fill's, at the end), half the
                         # border's (Telea, on the CPU as in the spatial fill), as the NumPy path.
                         telea = telea_at(video[t], holes[t], zy[unsure], zx[unsure], cfg.radius)
                         seen = background_ok[unsure]
-                        at = index[torch.from_numpy(unsure).to(device)][torch.from_numpy(seen).to(device)]
+                        seen_t = torch.from_numpy(seen).to(device)
+                        at = index[torch.from_numpy(unsure).to(device)][seen_t]
                         telea_t = torch.from_numpy(telea).to(device=device, dtype=hole_fused.dtype)
-                        hole_fused[at] = 0.5 * (hole_fused[at] + telea_t[torch.from_numpy(seen).to(device)])
+                        hole_fused[at] = 0.5 * (hole_fused[at] + telea_t[seen_t])
                         if not seen.all():
                             later[t] = (zy[unsure][~seen], zx[unsure][~seen], telea[~seen])
                     hole_fused[sel] = o_fused[on_t]
