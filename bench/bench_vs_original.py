@@ -273,7 +273,7 @@ def worker_original(args: argparse.Namespace) -> dict:
     width, height = frames[0].size
     torch.manual_seed(args.seed)  # the release samples the VAE posterior with the global RNG
 
-    attainable, _ = measure_peak(args)  # what the machine delivers right now (it drifts between runs)
+    attainable = measure_peak(args)  # what the machine delivers right now (it drifts between runs)
     sync()
     usage = _usage()
     start = time.perf_counter()
@@ -379,7 +379,7 @@ def worker_ours(args: argparse.Namespace) -> dict:
     text = torch.from_numpy(data["text"])
     base_noise = torch.from_numpy(data["noise"])
 
-    attainable, _ = measure_peak(args)  # what the machine delivers right now (it drifts between runs)
+    attainable = measure_peak(args)  # what the machine delivers right now (it drifts between runs)
     sync()
     usage = _usage()
     start = time.perf_counter()
@@ -449,7 +449,7 @@ def count_flops(args: argparse.Namespace, work: Path) -> dict:
     return result
 
 
-def measure_peak(args: argparse.Namespace) -> tuple[float, str]:
+def measure_peak(args: argparse.Namespace) -> float:
     """The device's attainable dense rate in this run's dtype and threads, in GFLOP/s, measured now.
 
     The best of a square matrix product and the largest 3x3 convolutions the sampler runs
@@ -482,7 +482,7 @@ def measure_peak(args: argparse.Namespace) -> tuple[float, str]:
 
     n = 2048 if device.type == "cpu" else 8192
     a, b = randn(n, n), randn(n, n)
-    found = {f"matmul {n}": rate(lambda: a @ b, 2.0 * n ** 3)}
+    rates = [rate(lambda: a @ b, 2.0 * n ** 3)]
     h = args.size
     for channels, side, batch in ((128, h, 1), (256, h // 2, 1), (512, h // 4, 4), (1280, h // 16, args.frames)):
         if side < 2:
@@ -490,10 +490,8 @@ def measure_peak(args: argparse.Namespace) -> tuple[float, str]:
         x, w = randn(batch, channels, side, side), randn(channels, channels, 3, 3)
         flops = 2.0 * batch * channels * channels * 9 * side * side
         with torch.no_grad():
-            found[f"conv3x3 {batch}x{channels}x{side}x{side}"] = rate(
-                lambda: torch.nn.functional.conv2d(x, w, padding=1), flops)
-    best = max(found, key=found.get)
-    return found[best], best
+            rates.append(rate(lambda: torch.nn.functional.conv2d(x, w, padding=1), flops))
+    return max(rates)
 
 
 def _profile_table(prof) -> str | None:
