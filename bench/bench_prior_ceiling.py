@@ -141,6 +141,7 @@ def main() -> None:
     t0 = time.perf_counter()
     grow = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
     for name, frames, obj_masks, obj_truth in clips:
+        flows = {}  # per truth array: the tasks of a clip share their truth (the frames), and DIS on it is slow
         for task in args.tasks.split(","):
             masks, truth = bp.task_inputs(task, frames, obj_masks, obj_truth, seed=bp.shape_seed(name))
             inputs = np.where(masks[..., None], 0.0, frames).astype(np.float32) if obj_truth is None else frames
@@ -149,7 +150,9 @@ def main() -> None:
             completion = task != "removal" and obj_masks is not None
             labels = (np.stack([cv2.dilate((m > 0.5).astype(np.uint8), grow) > 0 for m in obj_masks])
                       if completion else np.zeros_like(masks))
-            forward, backward = truth_flows(truth, args.preset)
+            if id(truth) not in flows:
+                flows[id(truth)] = truth_flows(truth, args.preset)
+            forward, backward = flows[id(truth)]
             nearest, away = oracle_fill(truth, masks, telea, forward, backward, args.max_away)
             sigma = min(masks.shape[1:]) / 48
             border, _ = oracle_fill(truth, masks, telea, border_completed(forward, masks[:-1], labels[:-1], sigma),
