@@ -463,18 +463,23 @@ def magenta_share(pixels: np.ndarray) -> float:
     return float(((pixels[:, 0] > 0.4) & (pixels[:, 2] > 0.4) & (pixels[:, 1] < 0.15)).mean())
 
 
+def completion_errors_on_the_bar(deforming: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The prior's per-pixel error on the straddling-bar clip (video completion: the frames are the truth),
+    and the hole pixels on the bar and off it."""
+    frames, masks, bar = straddling_object_clip(deforming=deforming)
+    out = flow_propagation_prior(np.where(masks[..., None], 0.0, frames), masks).frames.numpy()
+    return np.abs(out - frames).mean(-1), masks & bar, masks & ~bar
+
+
 def test_a_hole_cutting_through_a_moving_object_is_completed_with_the_object():
     # The background's sources fill the bar's part of the hole with the background behind it
     # (mean error 0.157, 28 % of those pixels off by more than 0.2 before the object layer);
     # following the bar's own motion finds the bar's pixels in the frames where they were seen.
-    frames, masks, bar = straddling_object_clip()
-    out = flow_propagation_prior(np.where(masks[..., None], 0.0, frames), masks).frames.numpy()
-    err = np.abs(out - frames).mean(-1)
-    on_bar = masks & bar
+    err, on_bar, off_bar = completion_errors_on_the_bar(deforming=False)
     assert err[on_bar].mean() < 0.115, err[on_bar].mean()
     assert (err[on_bar] > 0.2).mean() < 0.2, (err[on_bar] > 0.2).mean()
     # The background part of the hole is not harmed (0.088 with and without the object layer).
-    assert err[masks & ~bar].mean() < 0.1
+    assert err[off_bar].mean() < 0.1
 
 
 def test_an_object_inside_a_removal_mask_is_still_not_copied_in():
@@ -509,14 +514,11 @@ def test_a_deforming_object_in_the_hole_is_not_left_to_the_background():
     # (mean error 0.152 on the bar's hole pixels, 27 % off by more than 0.2). Where the bar is seen
     # on the hole's border and found along its motion on both sides in time, the pixel now gets the
     # mean of the background and Telea's fill from the border: 0.133, 20 %.
-    frames, masks, bar = straddling_object_clip(deforming=True)
-    out = flow_propagation_prior(np.where(masks[..., None], 0.0, frames), masks).frames.numpy()
-    err = np.abs(out - frames).mean(-1)
-    on_bar = masks & bar
+    err, on_bar, off_bar = completion_errors_on_the_bar(deforming=True)
     assert err[on_bar].mean() < 0.14, err[on_bar].mean()
     assert (err[on_bar] > 0.2).mean() < 0.24, (err[on_bar] > 0.2).mean()
     # The background part of the hole hardly changes (0.0701 before, 0.0711 now).
-    assert err[masks & ~bar].mean() < 0.075
+    assert err[off_bar].mean() < 0.075
 
 
 def test_uncertain_pixels_need_the_object_on_both_sides_in_time_and_next_to_its_border():
